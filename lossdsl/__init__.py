@@ -1,0 +1,52 @@
+"""lossdsl: a declarative language for composing Keras 3 losses.
+
+>>> import lossdsl
+>>> f = lossdsl.validate("0.7*bce(presence) + 0.3*mse(loc) where true(presence) == 1",
+...                      units={"presence": 0, "loc": 1})
+>>> str(f)
+'0.7 * bce(presence) + 0.3 * mse(loc) where true(presence) == 1'
+
+``import lossdsl``, ``parse``, ``validate`` and ``LossSpec`` never import Keras;
+``compile_loss`` and ``FormulaLoss`` load it on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lossdsl.api import compile_loss
+from lossdsl.ast import Formula
+from lossdsl.catalog import register_loss, unregister_loss
+from lossdsl.errors import LossDSLError, LossInputError, LossSyntaxError, LossValidationError
+from lossdsl.parser import parse
+from lossdsl.spec import LossSpec
+from lossdsl.validate import validate
+
+if TYPE_CHECKING:
+    from lossdsl.loss import FormulaLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Formula",
+    "FormulaLoss",
+    "LossDSLError",
+    "LossInputError",
+    "LossSpec",
+    "LossSyntaxError",
+    "LossValidationError",
+    "compile_loss",
+    "parse",
+    "register_loss",
+    "unregister_loss",
+    "validate",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # FormulaLoss subclasses keras.losses.Loss, so it loads Keras: only on use.
+    if name == "FormulaLoss":
+        from lossdsl.loss import FormulaLoss
+
+        return FormulaLoss
+    raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")

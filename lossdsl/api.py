@@ -1,0 +1,77 @@
+"""``compile_loss``: any form of spec to a ``FormulaLoss``.
+
+This module is part of the light front end: Keras is imported only when
+``compile_loss`` is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lossdsl.spec import LossSpec
+
+if TYPE_CHECKING:
+    from lossdsl.loss import FormulaLoss
+
+__all__ = ["compile_loss"]
+
+
+def compile_loss(
+    spec: str | LossSpec | Mapping[str, Any],
+    *,
+    units: int | Mapping[str, Any] | None = None,
+    params: Mapping[str, float] | None = None,
+    where_mean: str | None = None,
+    allow_negative: bool | None = None,
+    name: str | None = None,
+    **loss_kwargs: Any,
+) -> FormulaLoss:
+    """Compile a loss spec into a ``keras.losses.Loss``.
+
+    Args:
+        spec: formula text, a ``LossSpec``, or a mapping with the ``LossSpec``
+            fields (``expression``, ``units``, ``params``, ``where_mean``,
+            ``allow_negative``).
+        units, params, where_mean, allow_negative: the ``LossSpec`` fields;
+            when given they override the spec's own. ``where_mean`` defaults to
+            ``"selected"`` and ``allow_negative`` to ``False``.
+        name: the loss's name in Keras.
+        **loss_kwargs: ``reduction`` and ``dtype``, passed to ``keras.losses.Loss``.
+
+    >>> loss = compile_loss("bce(presence) + mse(loc) where true(presence) == 1",
+    ...                     units={"presence": 0, "loc": 1})
+    >>> loss.name
+    'formula_loss'
+    """
+    if isinstance(spec, str):
+        fields: dict[str, Any] = {"expression": spec}
+    elif isinstance(spec, LossSpec):
+        fields = spec.model_dump(exclude_unset=True)
+    elif isinstance(spec, Mapping):
+        fields = dict(spec)
+    else:
+        raise TypeError(
+            "compile_loss() expects formula text, a LossSpec or a mapping. "
+            f"Received: {type(spec).__name__}."
+        )
+    overrides = {
+        "units": units,
+        "params": params,
+        "where_mean": where_mean,
+        "allow_negative": allow_negative,
+    }
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    checked = LossSpec.model_validate(fields)
+
+    from lossdsl.loss import FormulaLoss
+
+    return FormulaLoss(
+        checked.expression,
+        units=checked.units,
+        params=checked.params,
+        where_mean=checked.where_mean,
+        allow_negative=checked.allow_negative,
+        name=name,
+        **loss_kwargs,
+    )

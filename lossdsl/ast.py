@@ -1,0 +1,320 @@
+"""The frozen AST of a formula and its canonical text.
+
+Nodes are frozen, slotted dataclasses. Positions (``span``) take no part in
+equality or hashing, so two parses of the same formula compare equal whatever
+their spacing and comments. ``str(node)`` prints canonical source with the
+fewest parentheses that keep the tree, so ``parse(str(f)) == f``:
+
+>>> from lossdsl import parse
+>>> str(parse("0.7*bce( presence )+0.3*mse(loc)where true(presence)==1  # lesions"))
+'0.7 * bce(presence) + 0.3 * mse(loc) where true(presence) == 1'
+
+Sums, products and ``and``/``or`` chains are n-ary, so a long formula is a
+wide tree, not a deep one; the parser bounds the depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from lossdsl.errors import Span
+
+__all__ = [
+    "And",
+    "Call",
+    "Compare",
+    "Cond",
+    "Expr",
+    "Formula",
+    "Keyword",
+    "Name",
+    "Neg",
+    "Node",
+    "Not",
+    "Number",
+    "Or",
+    "Product",
+    "Sum",
+    "Unit",
+    "UnitSlice",
+    "Where",
+    "format_number",
+    "walk",
+]
+
+
+class Node:
+    """Base of every AST node."""
+
+    __slots__ = ()
+    span: Span | None
+
+    def children(self) -> tuple[Node, ...]:
+        return ()
+
+    def __str__(self) -> str:
+        return _text(self, 0)
+
+
+# -- values -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Number(Node):
+    """A numeric literal (never negative when parsed: ``-2`` is ``Neg(Number(2))``)."""
+
+    value: float
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Name(Node):
+    """A bare identifier: a parameter, or a unit name bound by the caller."""
+
+    id: str
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Unit(Node):
+    """``u3``: one column of the last axis."""
+
+    index: int
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSlice(Node):
+    """``u[1:5]``: columns ``start`` .. ``stop - 1``."""
+
+    start: int
+    stop: int
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Keyword(Node):
+    """``name=value`` inside a call."""
+
+    name: str
+    value: Expr
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.value,)
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Node):
+    """``name(args..., kw=value...)``: a loss, a math function, ``pred`` or ``true``."""
+
+    name: str
+    args: tuple[Expr, ...] = ()
+    kwargs: tuple[Keyword, ...] = ()
+    span: Span | None = field(default=None, compare=False, repr=False)
+    name_span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return (*self.args, *self.kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Neg(Node):
+    """Unary minus."""
+
+    operand: Expr
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.operand,)
+
+
+@dataclass(frozen=True, slots=True)
+class Sum(Node):
+    """``a + b - c``: ``terms`` pairs each operand with its operator; the first is ``+``."""
+
+    terms: tuple[tuple[str, Expr], ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return tuple(e for _, e in self.terms)
+
+
+@dataclass(frozen=True, slots=True)
+class Product(Node):
+    """``a * b / c``: ``factors`` pairs each operand with its operator; the first is ``*``."""
+
+    factors: tuple[tuple[str, Expr], ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return tuple(e for _, e in self.factors)
+
+
+@dataclass(frozen=True, slots=True)
+class Where(Node):
+    """``term where cond``: ``term`` counts only for samples where ``cond`` holds."""
+
+    term: Expr
+    cond: Cond
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.term, self.cond)
+
+
+# -- conditions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Compare(Node):
+    """``left op right`` with ``op`` one of ``< <= > >= == !=``."""
+
+    op: str
+    left: Expr
+    right: Expr
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.left, self.right)
+
+
+@dataclass(frozen=True, slots=True)
+class And(Node):
+    items: tuple[Cond, ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return self.items
+
+
+@dataclass(frozen=True, slots=True)
+class Or(Node):
+    items: tuple[Cond, ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return self.items
+
+
+@dataclass(frozen=True, slots=True)
+class Not(Node):
+    operand: Cond
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.operand,)
+
+
+Expr = Number | Name | Unit | UnitSlice | Call | Neg | Sum | Product | Where
+Cond = Compare | And | Or | Not
+
+
+@dataclass(frozen=True, slots=True)
+class Formula:
+    """A parsed formula: the root expression and the text it came from.
+
+    Equality and hashing use the tree only; ``source`` is kept so that later
+    stages can point at the user's own text. ``str`` gives the canonical text.
+    """
+
+    expr: Expr
+    source: str = field(default="", compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return str(self.expr)
+
+    def text(self) -> str:
+        """The text errors point into: the original source, or the canonical text."""
+        return self.source or str(self)
+
+
+def walk(node: Node) -> Iterator[Node]:
+    """Every node under ``node`` (itself included), parents before children,
+    without recursion."""
+    stack: list[Node] = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(n.children()))
+
+
+# -- canonical text -----------------------------------------------------------
+
+# Precedence of what a node prints as; a child printed below the level its
+# parent requires gets parentheses.
+_SUM, _WHERE, _PRODUCT, _UNARY, _ATOM = 1, 2, 3, 4, 5
+_OR, _AND, _NOT, _CMP = 1, 2, 3, 4
+
+
+def format_number(value: float) -> str:
+    """Shortest text that parses back to ``value``: ``2``, ``0.7``, ``1e-07``."""
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _prec(node: Node) -> int:
+    if isinstance(node, Sum):
+        return _SUM
+    if isinstance(node, Where):
+        return _WHERE
+    if isinstance(node, Product):
+        return _PRODUCT
+    if isinstance(node, Neg) or (isinstance(node, Number) and node.value < 0):
+        return _UNARY
+    if isinstance(node, Or):
+        return _OR
+    if isinstance(node, And):
+        return _AND
+    if isinstance(node, Not):
+        return _NOT
+    if isinstance(node, Compare):
+        return _CMP
+    return _ATOM
+
+
+def _text(node: Node, need: int) -> str:
+    text = _bare(node)
+    return f"({text})" if _prec(node) < need else text
+
+
+def _bare(node: Node) -> str:
+    if isinstance(node, Number):
+        return format_number(node.value)
+    if isinstance(node, Name):
+        return node.id
+    if isinstance(node, Unit):
+        return f"u{node.index}"
+    if isinstance(node, UnitSlice):
+        return f"u[{node.start}:{node.stop}]"
+    if isinstance(node, Call):
+        args = [_text(a, 0) for a in node.args]
+        args += [f"{k.name}={_text(k.value, 0)}" for k in node.kwargs]
+        return f"{node.name}({', '.join(args)})"
+    if isinstance(node, Keyword):
+        return f"{node.name}={_text(node.value, 0)}"
+    if isinstance(node, Neg):
+        return "-" + _text(node.operand, _UNARY)
+    if isinstance(node, Sum):
+        out = _text(node.terms[0][1], _WHERE)
+        for op, e in node.terms[1:]:
+            out += f" {op} {_text(e, _WHERE)}"
+        return out
+    if isinstance(node, Product):
+        out = _text(node.factors[0][1], _UNARY)
+        for op, e in node.factors[1:]:
+            out += f" {op} {_text(e, _UNARY)}"
+        return out
+    if isinstance(node, Where):
+        return f"{_text(node.term, _PRODUCT)} where {_text(node.cond, _OR)}"
+    if isinstance(node, Compare):
+        return f"{_text(node.left, _PRODUCT)} {node.op} {_text(node.right, _PRODUCT)}"
+    if isinstance(node, Or):
+        return " or ".join(_text(c, _AND) for c in node.items)
+    if isinstance(node, And):
+        return " and ".join(_text(c, _NOT) for c in node.items)
+    if isinstance(node, Not):
+        return "not " + _text(node.operand, _NOT)
+    raise TypeError(f"not a lossdsl AST node: {node!r}")

@@ -1,0 +1,337 @@
+"""Checked formula to a ``keras.ops`` function of ``(y_true, y_pred)``.
+
+Each AST node becomes a small closure, built once; calling the program runs
+them on tensors. The program uses ``keras.ops`` only, so it traces under
+``tf.function`` (XLA included) and ``jax.jit``, and returns one value per
+sample: shape ``y_pred.shape[:-1]``.
+
+Values are Python floats while they are constant (so constants fold at trace
+time) and tensors of ``y_pred``'s dtype once they touch the data.
+
+``T where C`` (see the README's Semantics section):
+
+* ``m = C`` per sample, with no gradient (``stop_gradient`` on its operands);
+* ``y_true`` and ``y_pred`` are replaced by 0.5 in the rows where ``m`` is
+  false *before* ``T`` is computed, and ``T`` is selected with ``where`` after,
+  so masked rows contribute exactly 0 to the value and to the gradient even
+  when their inputs are NaN or inf (the "double where");
+* ``where_mean="selected"``: ``c = where(m, T, 0) * n / count(m)``, whose batch
+  mean is the mean of ``T`` over the selected samples (0 when none is);
+  ``where_mean="batch"``: ``c = where(m, T, 0)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+from keras import ops
+
+from lossdsl import ast
+from lossdsl.catalog import LOSSES
+from lossdsl.errors import LossInputError, LossValidationError
+from lossdsl.validate import Checked
+
+__all__ = ["Program", "builtin_loss_fn"]
+
+# Masked rows are replaced by this value before a where-term is computed: any
+# finite value works (the outer `where` discards what it gives); 0.5 lies in
+# the domain of every built-in loss and of log/sqrt.
+_SAFE = 0.5
+
+
+def _focal(y_true: Any, y_pred: Any, **kw: Any) -> Any:
+    # Keras ignores `alpha` unless apply_class_balancing=True; giving alpha in a
+    # formula means the user wants it applied.
+    if "alpha" in kw:
+        kw["apply_class_balancing"] = True
+    return keras.losses.binary_focal_crossentropy(y_true, y_pred, **kw)
+
+
+def builtin_loss_fn(name: str) -> Callable[..., Any]:
+    """The function computing a loss's per-sample value from the selected columns."""
+    entry = LOSSES[name]
+    if entry.fn is not None:
+        return entry.fn
+    if name == "focal":
+        return _focal
+    assert entry.keras_name is not None
+    fn: Callable[..., Any] = getattr(keras.losses, entry.keras_name)
+    return fn
+
+
+Value = Any  # a Python float, a Python bool, or a tensor
+Node = Callable[["_Ctx"], Value]
+
+
+class _Ctx:
+    """The tensors one evaluation reads: inputs, dtype, parameters, the
+    per-sample shape."""
+
+    __slots__ = ("all_true", "dtype", "params", "y_pred", "y_true")
+
+    def __init__(
+        self, y_true: Any, y_pred: Any, dtype: str, params: Mapping[str, Any], all_true: Any
+    ) -> None:
+        self.y_true = y_true
+        self.y_pred = y_pred
+        self.dtype = dtype
+        self.params = params
+        self.all_true = all_true
+
+    def masked(self, m: Any) -> _Ctx:
+        """The same inputs with the rows where ``m`` is false replaced by a safe value."""
+        rows = ops.expand_dims(m, -1)
+        return _Ctx(
+            ops.where(rows, self.y_true, _SAFE),
+            ops.where(rows, self.y_pred, _SAFE),
+            self.dtype,
+            self.params,
+            self.all_true,
+        )
+
+
+def _const(x: Value) -> bool:
+    return isinstance(x, float | int | bool)
+
+
+def _sg(x: Value) -> Value:
+    return x if _const(x) else ops.stop_gradient(x)
+
+
+_PY_BINARY: dict[str, Callable[[float, float], float]] = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+}
+_OPS_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "+": ops.add,
+    "-": ops.subtract,
+    "*": ops.multiply,
+    "/": ops.divide,
+}
+_COMPARE: dict[str, tuple[Callable[[Any, Any], Any], Callable[[float, float], bool]]] = {
+    "<": (ops.less, lambda a, b: a < b),
+    "<=": (ops.less_equal, lambda a, b: a <= b),
+    ">": (ops.greater, lambda a, b: a > b),
+    ">=": (ops.greater_equal, lambda a, b: a >= b),
+    "==": (ops.equal, lambda a, b: a == b),
+    "!=": (ops.not_equal, lambda a, b: a != b),
+}
+_MATH_OPS: dict[str, Callable[..., Any]] = {
+    "abs": ops.abs,
+    "sqrt": ops.sqrt,
+    "log": ops.log,
+    "exp": ops.exp,
+    "square": ops.square,
+    "min": ops.minimum,
+    "max": ops.maximum,
+    "clip": lambda x, lo, hi: ops.minimum(ops.maximum(x, lo), hi),
+}
+
+
+def _binary(op: str, a: Value, b: Value) -> Value:
+    if _const(a) and _const(b):
+        return _PY_BINARY[op](a, b)
+    return _OPS_BINARY[op](a, b)
+
+
+class Program:
+    """A compiled formula: ``program(y_true, y_pred, params)`` gives the
+    per-sample loss. ``params`` maps each parameter name to a scalar (a
+    ``keras.Variable`` in a ``FormulaLoss``)."""
+
+    def __init__(self, checked: Checked, where_mean: str = "selected") -> None:
+        if where_mean not in ("selected", "batch"):
+            raise ValueError(f"where_mean must be 'selected' or 'batch'. Received: {where_mean!r}.")
+        self.checked = checked
+        self.where_mean = where_mean
+        self._root = self._compile(checked.formula.expr)
+
+    # -- building closures ----------------------------------------------------
+
+    def _compile(self, node: ast.Node) -> Node:
+        if isinstance(node, ast.Number):
+            value = node.value
+            return lambda ctx: value
+        if isinstance(node, ast.Name):
+            name = node.id
+            return lambda ctx: ctx.params[name]
+        if isinstance(node, ast.Neg):
+            inner = self._compile(node.operand)
+            return lambda ctx: _neg(inner(ctx))
+        if isinstance(node, ast.Sum | ast.Product):
+            pairs = node.terms if isinstance(node, ast.Sum) else node.factors
+            return self._chain(pairs)
+        if isinstance(node, ast.Call):
+            return self._call(node)
+        if isinstance(node, ast.Where):
+            return self._where(node)
+        if isinstance(node, ast.Compare):
+            return self._compare(node)
+        if isinstance(node, ast.And | ast.Or):
+            return self._logical(node)
+        if isinstance(node, ast.Not):
+            inner = self._compile(node.operand)
+            return lambda ctx: _not(inner(ctx))
+        raise TypeError(f"cannot compile {node!r}")  # pragma: no cover - validated away
+
+    def _chain(self, pairs: tuple[tuple[str, ast.Expr], ...]) -> Node:
+        first = self._compile(pairs[0][1])
+        rest = [(op, self._compile(e)) for op, e in pairs[1:]]
+        first_neg = pairs[0][0] == "-"
+
+        def run(ctx: _Ctx) -> Value:
+            acc = first(ctx)
+            if first_neg:
+                acc = _neg(acc)
+            for op, fn in rest:
+                acc = _binary(op, acc, fn(ctx))
+            return acc
+
+        return run
+
+    def _call(self, node: ast.Call) -> Node:
+        units = self.checked.units
+        if node.name in ("pred", "true"):
+            cols = units.resolve(node.args[0])
+            assert cols is not None
+            col = cols[0]
+            if node.name == "pred":
+                return lambda ctx: ctx.y_pred[..., col]
+            return lambda ctx: ctx.y_true[..., col]
+        if node.name in _MATH_OPS:
+            fn = _MATH_OPS[node.name]
+            args = [self._compile(a) for a in node.args]
+            return lambda ctx: fn(*(a(ctx) for a in args))
+        loss = builtin_loss_fn(node.name)
+        cols = units.resolve(node.args[0])
+        assert cols is not None
+        start, stop = cols
+        kwargs = {k.name: _literal(k.value) for k in node.kwargs}
+        return lambda ctx: loss(ctx.y_true[..., start:stop], ctx.y_pred[..., start:stop], **kwargs)
+
+    def _where(self, node: ast.Where) -> Node:
+        term = self._compile(node.term)
+        cond = self._compile(node.cond)
+        selected = self.where_mean == "selected"
+
+        def run(ctx: _Ctx) -> Value:
+            m = cond(ctx)
+            m = ops.logical_and(ctx.all_true, m)  # per-sample shape, even for a constant
+            value = term(ctx.masked(m))
+            value = ops.where(m, value, 0.0)
+            value = ops.cast(value, ctx.dtype)
+            if selected:
+                count = ops.sum(ops.cast(m, ctx.dtype))
+                n = ops.cast(ops.size(m), ctx.dtype)
+                value = value * ops.stop_gradient(ops.divide_no_nan(n, count))
+            return value
+
+        return run
+
+    def _compare(self, node: ast.Compare) -> Node:
+        tensor_op, py_op = _COMPARE[node.op]
+        left, right = self._compile(node.left), self._compile(node.right)
+
+        def run(ctx: _Ctx) -> Value:
+            a, b = _sg(left(ctx)), _sg(right(ctx))
+            if _const(a) and _const(b):
+                return py_op(a, b)
+            return tensor_op(a, b)
+
+        return run
+
+    def _logical(self, node: ast.And | ast.Or) -> Node:
+        items = [self._compile(c) for c in node.items]
+        combine = ops.logical_and if isinstance(node, ast.And) else ops.logical_or
+
+        def run(ctx: _Ctx) -> Value:
+            acc = items[0](ctx)
+            for fn in items[1:]:
+                acc = combine(acc, fn(ctx))
+            return acc
+
+        return run
+
+    # -- running --------------------------------------------------------------
+
+    def __call__(self, y_true: Any, y_pred: Any, params: Mapping[str, Any] | None = None) -> Any:
+        y_true = ops.convert_to_tensor(y_true)
+        y_pred = ops.convert_to_tensor(y_pred)
+        dtype = _float_dtype(y_pred)
+        y_pred = ops.cast(y_pred, dtype)
+        y_true = ops.cast(y_true, dtype)
+        self.check_inputs(y_true, y_pred)
+        values = {k: ops.cast(v, dtype) for k, v in (params or self.checked.params).items()}
+        all_true = ops.ones_like(y_pred[..., 0], dtype="bool")
+        out = self._root(_Ctx(y_true, y_pred, dtype, values, all_true))
+        out = ops.cast(out, dtype)
+        if len(out.shape) == 0:  # a formula whose data terms are all where-free constants
+            out = out + ops.zeros_like(y_pred[..., 0])
+        return out
+
+    def check_inputs(self, y_true: Any, y_pred: Any) -> None:
+        """Clear errors, at trace time, for inputs this formula cannot use."""
+        ts, ps = tuple(y_true.shape), tuple(y_pred.shape)
+        if len(ps) < 2:
+            raise LossInputError(
+                f"y_pred has shape {ps}, with no units axis. lossdsl expects "
+                "(batch, ..., units), the units on the last axis.",
+                source=self.checked.formula.text(),
+                hint="a model with one output unit returns (batch, 1); reshape a (batch,) "
+                "output or label with keras.ops.expand_dims(x, -1).",
+            )
+        if len(ts) != len(ps) or any(
+            a is not None and b is not None and a != b for a, b in zip(ts, ps, strict=True)
+        ):
+            raise LossInputError(
+                f"y_true and y_pred must have the same shape. Received: y_true {ts} and "
+                f"y_pred {ps}.",
+                source=self.checked.formula.text(),
+                hint="Keras does not reshape labels for a Loss subclass; a (batch,) label "
+                "against a (batch, 1) output would silently broadcast to (batch, batch). "
+                "Reshape the labels to the output's shape.",
+            )
+        width = ps[-1]
+        declared = self.checked.units.width
+        if width is not None and declared is not None and width != declared:
+            raise LossInputError(
+                f"The formula was validated for units={declared}, but y_pred has {width} "
+                f"units (shape {ps}).",
+                source=self.checked.formula.text(),
+                hint="pass the model's output width as units, or units=None to take it "
+                "from y_pred.",
+            )
+        if width is not None and self.checked.max_stop > width:
+            raise LossValidationError(
+                f"The formula reads column {self.checked.max_stop - 1}, but y_pred has only "
+                f"{width} unit{'s' if width != 1 else ''} (shape {ps}).",
+                source=self.checked.formula.text(),
+                span=self.checked.max_stop_span,
+                hint=f"select units below u{width}, or check the model's output width.",
+            )
+
+
+def _float_dtype(x: Any) -> str:
+    dtype = str(keras.backend.standardize_dtype(x.dtype))
+    return dtype if "float" in dtype else keras.config.floatx()
+
+
+def _neg(x: Value) -> Value:
+    return -x if _const(x) else ops.negative(x)
+
+
+def _not(x: Value) -> Value:
+    return (not x) if isinstance(x, bool) else ops.logical_not(x)
+
+
+def _literal(node: ast.Expr) -> bool | float:
+    if isinstance(node, ast.Name):
+        return node.id == "true"
+    if isinstance(node, ast.Neg):
+        return -_literal(node.operand)
+    assert isinstance(node, ast.Number)
+    return node.value

@@ -1,0 +1,160 @@
+"""``FormulaLoss``: a formula as a ``keras.losses.Loss``.
+
+``call`` returns one value per sample; the ``Loss`` base class applies
+``sample_weight`` and the reduction (``sum_over_batch_size`` by default), as
+for every Keras loss. Parameters live in non-trainable ``keras.Variable``s, so
+``set_param`` changes the loss on the next batch without retracing.
+
+>>> import numpy as np
+>>> loss = FormulaLoss("alpha*mse(u0) + (1 - alpha)*mae(u1)", units=2, params={"alpha": 0.5})
+>>> y_true = np.array([[0.0, 1.0], [1.0, 0.0]], "float32")
+>>> y_pred = np.array([[0.5, 1.0], [1.0, 1.0]], "float32")
+>>> round(float(loss(y_true, y_pred)), 4)
+0.3125
+>>> loss.set_param("alpha", 1.0)
+>>> round(float(loss(y_true, y_pred)), 4)
+0.125
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import keras
+
+from lossdsl import ast
+from lossdsl.compiler import Program
+from lossdsl.errors import LossValidationError
+from lossdsl.spec import LossSpec
+from lossdsl.validate import Checked, check
+
+__all__ = ["FormulaLoss"]
+
+
+@keras.saving.register_keras_serializable(package="lossdsl")
+class FormulaLoss(keras.losses.Loss):
+    """A Keras loss defined by a lossdsl formula.
+
+    Args:
+        expression: the formula text.
+        units: output width, a mapping of unit names to an index or
+            ``[start, stop]``, or ``None`` to take the width from ``y_pred``.
+        params: parameter names to initial values.
+        where_mean: ``"selected"`` or ``"batch"`` (see the README).
+        allow_negative: accept terms with negative constant weights.
+        name, reduction, dtype: as for ``keras.losses.Loss``.
+
+    Prefer ``lossdsl.compile_loss``, which also accepts a ``LossSpec`` or a dict.
+    """
+
+    def __init__(
+        self,
+        expression: str,
+        *,
+        units: int | Mapping[str, Any] | None = None,
+        params: Mapping[str, float] | None = None,
+        where_mean: str = "selected",
+        allow_negative: bool = False,
+        name: str | None = None,
+        reduction: str | None = "sum_over_batch_size",
+        dtype: Any = None,
+    ) -> None:
+        spec = LossSpec(
+            expression=expression,
+            units=dict(units) if isinstance(units, Mapping) else units,
+            params=dict(params or {}),
+            where_mean=where_mean,
+            allow_negative=allow_negative,
+        )
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._spec = spec
+        self._dtype_arg = dtype if dtype is None or isinstance(dtype, str) else self.dtype
+        self._checked: Checked = check(
+            spec.formula, units=spec.units, params=spec.params, allow_negative=allow_negative
+        )
+        self._program = Program(self._checked, where_mean)
+        self._values: dict[str, float] = dict(spec.params)
+        self._variables = {
+            k: keras.Variable(v, dtype="float32", trainable=False, name=f"lossdsl_{k}")
+            for k, v in self._values.items()
+        }
+
+    # -- the loss ---------------------------------------------------------------
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        return self._program(y_true, y_pred, self._variables)
+
+    # -- parameters ---------------------------------------------------------------
+
+    @property
+    def params(self) -> Mapping[str, float]:
+        """Each parameter's current value (read-only; change it with ``set_param``)."""
+        return MappingProxyType(self._values)
+
+    def set_param(self, name: str, value: float) -> None:
+        """Set parameter ``name`` for the next batch, without retracing.
+
+        The new value is validated like the first: it must be finite, and it may
+        not give a term a negative weight unless ``allow_negative`` was set.
+        """
+        if name not in self._variables:
+            close = difflib.get_close_matches(name, list(self._variables), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            known = ", ".join(self._variables) or "none"
+            raise LossValidationError(
+                f"Unknown parameter '{name}'.{hint} This loss's parameters: {known}."
+            )
+        try:
+            number = float(value)  # also numpy and 0-d tensor scalars
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise LossValidationError(
+                f"Parameter '{name}' must be a finite number. Received: {value!r}."
+            )
+        new = {**self._values, name: number}
+        check(
+            self._checked.formula,
+            units=self._spec.units,
+            params=new,
+            allow_negative=self._spec.allow_negative,
+        )
+        self._variables[name].assign(number)
+        self._values = new
+
+    # -- introspection and saving ---------------------------------------------------
+
+    @property
+    def formula(self) -> ast.Formula:
+        """The parsed formula."""
+        return self._checked.formula
+
+    @property
+    def spec(self) -> LossSpec:
+        """The specification this loss was built from, with the current parameters."""
+        return self._spec.model_copy(update={"params": dict(self._values)})
+
+    @property
+    def where_mean(self) -> str:
+        return self._program.where_mean
+
+    def get_config(self) -> dict[str, Any]:
+        units = self._spec.units
+        if isinstance(units, Mapping):
+            units = {k: list(v) if isinstance(v, tuple) else v for k, v in units.items()}
+        return {
+            **super().get_config(),
+            "expression": self._spec.expression,
+            "units": units,
+            "params": dict(self._values),
+            "where_mean": self._spec.where_mean,
+            "allow_negative": self._spec.allow_negative,
+            "dtype": self._dtype_arg,
+        }
+
+    def __repr__(self) -> str:
+        return f"FormulaLoss({str(self.formula)!r}, name={self.name!r})"

@@ -1,0 +1,705 @@
+"""Formula plus context (units, parameters) to a checked formula.
+
+``validate`` answers one question before any tensor exists: can this formula
+mean something for an output with these units and these parameters? It walks
+the AST once, collects *every* problem (each with the span of the offending
+text) and raises them together as one ``LossValidationError``.
+
+What it checks: known function names (with "did you mean"); loss calls have
+one unit selector and known, well-typed, in-range keywords; units exist and
+slices are non-empty; parameters exist and are finite; ``where`` qualifies a
+whole additive term (not a function argument, a condition, another ``where``
+or a product with a per-sample value); constant weights are finite and, unless
+``allow_negative``, no term enters the loss with a negative weight (a negative
+term makes the loss unbounded below); the formula depends on the data.
+
+>>> validate("0.7*bce(presence) + 0.3*mse(loc) where true(presence) == 1",
+...          units={"presence": 0, "loc": 1})
+Formula(expr=Sum(...))
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from lossdsl import ast
+from lossdsl.catalog import ACCESSORS, LOSSES, MATH, check_identifier, function_names
+from lossdsl.errors import LossDSLError, LossValidationError, Span
+from lossdsl.parser import parse
+
+__all__ = ["Checked", "Term", "UnitTable", "check", "unit_table", "validate"]
+
+UnitsArg = int | Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class UnitTable:
+    """The caller's view of the last axis: its width (if known) and unit names."""
+
+    width: int | None = None
+    names: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    def resolve(self, node: ast.Node) -> tuple[int, int] | None:
+        """Columns ``(start, stop)`` a selector names, or ``None`` if it names none."""
+        if isinstance(node, ast.Unit):
+            return node.index, node.index + 1
+        if isinstance(node, ast.UnitSlice):
+            return node.start, node.stop
+        if isinstance(node, ast.Name):
+            return self.names.get(node.id)
+        return None
+
+
+@dataclass(frozen=True)
+class Term:
+    """A top-level additive term: ``sign`` (+1/-1) and its expression."""
+
+    sign: int
+    expr: ast.Expr
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the compiler needs: a formula proven meaningful in its context."""
+
+    formula: ast.Formula
+    units: UnitTable
+    params: Mapping[str, float]
+    allow_negative: bool
+    terms: tuple[Term, ...]
+    max_stop: int
+    """One past the highest column the formula reads."""
+    max_stop_span: Span | None
+    """Where the selector reading that column is written."""
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def unit_table(
+    units: UnitsArg, locate: Callable[[str], Span | None] = lambda name: None
+) -> tuple[UnitTable, list[LossDSLError]]:
+    """Check the ``units`` argument: ``None``, a width, or names to an index or
+    ``[start, stop]``. ``locate(name)`` gives the span of a name's use, so a
+    problem with a unit's binding points at where the formula uses it."""
+    problems: list[LossDSLError] = []
+    if units is None:
+        return UnitTable(), problems
+    if _is_int(units):
+        assert isinstance(units, int)
+        if units < 1:
+            problems.append(
+                LossValidationError(f"units must be at least 1. Received: units={units}.")
+            )
+            return UnitTable(), problems
+        return UnitTable(width=units), problems
+    if not isinstance(units, Mapping):
+        problems.append(
+            LossValidationError(
+                "units must be the output width (an int) or a mapping of names to an index "
+                f"or [start, stop]. Received: {units!r}."
+            )
+        )
+        return UnitTable(), problems
+    names: dict[str, tuple[int, int]] = {}
+    for key, value in units.items():
+        problem = check_identifier(key, "unit")
+        if problem is None and key in function_names():
+            problem = f"{key!r} is a function name and cannot name a unit."
+        if problem:
+            problems.append(LossValidationError(problem, span=locate(str(key))))
+            continue
+        if _is_int(value) and value >= 0:
+            names[key] = (value, value + 1)
+        elif (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(_is_int(v) for v in value)
+            and 0 <= value[0] < value[1]
+        ):
+            names[key] = (value[0], value[1])
+        else:
+            problems.append(
+                LossValidationError(
+                    f"Unit {key!r} must be a column index >= 0 or [start, stop] with "
+                    f"0 <= start < stop. Received: {value!r}.",
+                    span=locate(key),
+                    hint=f"units={{'{key}': 0}} names column 0; "
+                    f"units={{'{key}': [2, 6]}} names columns 2 to 5.",
+                )
+            )
+    return UnitTable(names=MappingProxyType(names)), problems
+
+
+def _param_problems(
+    params: Mapping[str, Any], units: UnitTable, locate: Callable[[str], Span | None]
+) -> list[LossDSLError]:
+    out: list[LossDSLError] = []
+    for key, value in params.items():
+        problem = check_identifier(key, "parameter")
+        if problem is None and key in units.names:
+            problem = f"{key!r} names both a unit and a parameter."
+        if problem:
+            out.append(LossValidationError(problem, span=locate(str(key))))
+        elif not _is_real(value) or not math.isfinite(value):
+            out.append(
+                LossValidationError(
+                    f"Parameter {key!r} must be a finite number. Received: {value!r}.",
+                    span=locate(key),
+                    hint="parameters are weights; give each a finite float.",
+                )
+            )
+    return out
+
+
+class _Undefined(Exception):
+    def __init__(self, node: ast.Node, message: str) -> None:
+        self.node = node
+        self.message = message
+
+
+def _has_data(node: ast.Node) -> bool:
+    """Whether ``node`` depends on ``y_true``/``y_pred`` (is not a constant)."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Where | ast.Unit | ast.UnitSlice):
+            return True
+        if isinstance(n, ast.Call) and n.name not in MATH:
+            return True
+    return False
+
+
+def _evaluate(node: ast.Node, params: Mapping[str, float]) -> float:
+    """Value of a constant expression; ``_Undefined`` where the math is."""
+    if isinstance(node, ast.Number):
+        return node.value
+    if isinstance(node, ast.Name):
+        value = params.get(node.id)
+        if not _is_real(value) or not math.isfinite(value):  # type: ignore[arg-type]
+            raise _Undefined(node, "")  # reported as a parameter problem
+        return float(value)  # type: ignore[arg-type]
+    if isinstance(node, ast.Neg):
+        return -_evaluate(node.operand, params)
+    if isinstance(node, ast.Sum):
+        total = 0.0
+        for op, e in node.terms:
+            v = _evaluate(e, params)
+            total = total - v if op == "-" else total + v
+        return _finite(node, total)
+    if isinstance(node, ast.Product):
+        out = 1.0
+        for op, e in node.factors:
+            v = _evaluate(e, params)
+            if op == "/":
+                if v == 0:
+                    raise _Undefined(e, "Division by zero: this constant divisor is 0.")
+                out /= v
+            else:
+                out *= v
+        return _finite(node, out)
+    if isinstance(node, ast.Call) and node.name in MATH and not node.kwargs:
+        args = [_evaluate(a, params) for a in node.args]
+        try:
+            value = _MATH_FNS[node.name](*args)
+        except OverflowError:
+            raise _Undefined(node, f"{node} overflows to a non-finite value.") from None
+        except (ValueError, TypeError):
+            raise _Undefined(
+                node,
+                f"{node.name}() is undefined for {', '.join(ast.format_number(a) for a in args)}.",
+            ) from None
+        return _finite(node, value)
+    raise _Undefined(node, "")
+
+
+def _finite(node: ast.Node, value: float) -> float:
+    if not math.isfinite(value):
+        raise _Undefined(node, "This constant expression overflows to a non-finite value.")
+    return value
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    return min(max(x, lo), hi)
+
+
+_MATH_FNS: dict[str, Any] = {
+    "abs": abs,
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "exp": math.exp,
+    "square": lambda x: x * x,
+    "min": min,
+    "max": max,
+    "clip": _clip,
+}
+
+
+class _Checker:
+    """One walk over the AST, collecting problems instead of stopping at the first."""
+
+    def __init__(self, units: UnitTable, params: Mapping[str, float]) -> None:
+        self.units = units
+        self.params = params
+        self.problems: list[LossDSLError] = []
+        self.max_stop = 0
+        self.max_stop_span: Span | None = None
+
+    def error(self, node: ast.Node | Span | None, message: str, hint: str | None = None) -> None:
+        span = node.span if isinstance(node, ast.Node) else node
+        self.problems.append(LossValidationError(message, span=span, hint=hint))
+
+    # -- values ---------------------------------------------------------------
+
+    def expr(
+        self,
+        node: ast.Expr,
+        *,
+        linear: bool = True,
+        in_arg: bool = False,
+        in_cond: bool = False,
+        in_where: bool = False,
+        in_const: bool = False,
+    ) -> None:
+        const = not _has_data(node)
+        if const and not in_const and not isinstance(node, ast.Number | ast.Name):
+            self.constant(node)
+        flags = {"in_arg": in_arg, "in_cond": in_cond, "in_where": in_where, "in_const": const}
+        if isinstance(node, ast.Number):
+            return
+        if isinstance(node, ast.Name):
+            self.value_name(node)
+        elif isinstance(node, ast.Unit | ast.UnitSlice):
+            self.error(
+                node,
+                f"The unit {node} is not a value by itself.",
+                hint=f"use pred({node}) or true({node}) for one unit's values, or pass it to a "
+                f"loss: mse({node}).",
+            )
+        elif isinstance(node, ast.Call):
+            self.call(node, in_cond=in_cond, in_where=in_where, in_const=const)
+        elif isinstance(node, ast.Neg):
+            self.expr(node.operand, linear=linear, **flags)
+        elif isinstance(node, ast.Sum):
+            for _, e in node.terms:
+                self.expr(e, linear=linear, **flags)
+        elif isinstance(node, ast.Product):
+            data = [_has_data(e) for _, e in node.factors]
+            for i, (op, e) in enumerate(node.factors):
+                others_const = not any(d for j, d in enumerate(data) if j != i)
+                self.expr(e, linear=linear and op == "*" and others_const, **flags)
+                if op == "/" and not data[i]:
+                    self.constant_divisor(e)
+        elif isinstance(node, ast.Where):
+            self.where(node, linear=linear, **flags)
+
+    def where(
+        self,
+        node: ast.Where,
+        *,
+        linear: bool,
+        in_arg: bool,
+        in_cond: bool,
+        in_where: bool,
+        in_const: bool,
+    ) -> None:
+        if in_cond:
+            self.error(node, "'where' cannot appear inside a condition.")
+        elif in_where:
+            self.error(
+                node,
+                "A 'where' term cannot be nested inside another 'where' term.",
+                hint="combine the conditions with 'and': T where A and B.",
+            )
+        elif in_arg:
+            self.error(
+                node,
+                "'where' cannot appear inside a function argument.",
+                hint="'where' qualifies a whole additive term; put it after the call: "
+                "abs(pred(u1) - true(u1)) where true(u0) == 1.",
+            )
+        elif not linear:
+            self.error(
+                node,
+                "A 'where' term cannot be multiplied by, or divide, a per-sample value.",
+                hint="its value is a mean over the selected samples; scale it only by "
+                "numbers and parameters, or move the factor inside: (x * T) where C.",
+            )
+        self.expr(node.term, in_where=True, in_arg=in_arg, in_cond=in_cond)
+        self.cond(node.cond)
+
+    def constant_divisor(self, node: ast.Expr) -> None:
+        try:
+            if _evaluate(node, self.params) == 0:
+                self.error(node, "Division by zero: this constant divisor is 0.")
+        except _Undefined:
+            pass  # reported by constant()
+
+    def constant(self, node: ast.Expr) -> None:
+        """Report a constant sub-expression whose value is undefined (log(-1), 1/0)."""
+        try:
+            _evaluate(node, self.params)
+        except _Undefined as u:
+            if u.message:
+                self.error(u.node, u.message)
+
+    def value_name(self, node: ast.Name) -> None:
+        if node.id in self.params:
+            return
+        if node.id in self.units.names:
+            self.error(
+                node,
+                f"'{node.id}' is a unit, not a value.",
+                hint=f"use pred({node.id}) or true({node.id}), or pass it to a loss: "
+                f"mse({node.id}).",
+            )
+        elif node.id in ("true", "false"):
+            self.error(
+                node,
+                f"'{node.id}' is a boolean; booleans are only keyword values.",
+                hint="write them as keyword arguments, such as bce(u0, from_logits=true); "
+                "true(u0) reads unit u0 of y_true.",
+            )
+        else:
+            known = [*self.params, *self.units.names]
+            self.error(
+                node,
+                f"Unknown parameter '{node.id}'.{_suggest(node.id, known)}",
+                hint=f"pass its value: params={{'{node.id}': 0.5}}."
+                if not _suggest(node.id, known)
+                else None,
+            )
+
+    # -- calls --------------------------------------------------------------------
+
+    def call(self, node: ast.Call, *, in_cond: bool, in_where: bool, in_const: bool) -> None:
+        if node.name in LOSSES:
+            self.loss_call(node)
+        elif node.name in ACCESSORS:
+            self.accessor_call(node)
+        elif node.name in MATH:
+            self.math_call(node, in_cond=in_cond, in_where=in_where, in_const=in_const)
+        else:
+            self.error(
+                node.name_span,
+                f"Unknown function '{node.name}'.{_suggest(node.name, function_names())}",
+                hint="losses: " + ", ".join(LOSSES) + "; math: " + ", ".join(MATH) + "; and "
+                "pred(), true().",
+            )
+            for a in node.args:
+                if isinstance(a, ast.Unit | ast.UnitSlice | ast.Name):
+                    continue  # a selector or a parameter: fine for whatever was meant
+                self.expr(a, linear=False, in_arg=True, in_cond=in_cond, in_where=in_where)
+
+    def loss_call(self, node: ast.Call) -> None:
+        entry = LOSSES[node.name]
+        if not node.args:
+            self.error(
+                node,
+                f"{node.name}() needs the units it applies to.",
+                hint=f"write {node.name}(u0), {node.name}(u[0:3]) or {node.name}(name).",
+            )
+        elif len(node.args) > 1:
+            self.error(
+                node.args[1],
+                f"{node.name}() takes one unit selector, then keyword arguments. "
+                f"Received {len(node.args)} positional arguments.",
+                hint="select several columns with a slice, u[1:4], or a name bound to a "
+                "range, units={'box': [1, 4]}.",
+            )
+        if node.args:
+            cols = self.selector(node.args[0], node.name)
+            if cols is not None and cols[1] - cols[0] < entry.min_units:
+                self.error(
+                    node.args[0],
+                    f"{node.name}() needs at least {entry.min_units} units; "
+                    f"{node.args[0]} selects {cols[1] - cols[0]}.",
+                    hint=f"select a slice: {node.name}(u[0:{entry.min_units}]).",
+                )
+        seen: set[str] = set()
+        for kw in node.kwargs:
+            if kw.name in seen:
+                self.error(kw, f"Keyword '{kw.name}' is given twice.")
+                continue
+            seen.add(kw.name)
+            spec = entry.keywords.get(kw.name)
+            if spec is None:
+                known = list(entry.keywords)
+                accepted = ", ".join(known) if known else "none"
+                self.error(
+                    kw,
+                    f"{node.name}() has no keyword '{kw.name}'.{_suggest(kw.name, known)}",
+                    hint=f"{node.name}() accepts: {accepted}.",
+                )
+                continue
+            self.keyword_value(node.name, kw, spec.type is bool, spec)
+
+    def keyword_value(self, fn: str, kw: ast.Keyword, want_bool: bool, spec: Any) -> None:
+        value = kw.value
+        is_bool = isinstance(value, ast.Name) and value.id in ("true", "false")
+        number: float | None = None
+        if isinstance(value, ast.Number):
+            number = value.value
+        elif isinstance(value, ast.Neg) and isinstance(value.operand, ast.Number):
+            number = -value.operand.value
+        if not is_bool and number is None:
+            self.error(
+                value,
+                f"Keyword values must be literal numbers or true/false. Received: "
+                f"{kw.name}={value}.",
+            )
+        elif want_bool and not is_bool:
+            self.error(
+                value,
+                f"{fn}(..., {kw.name}=...) expects true or false. Received: {value}.",
+            )
+        elif not want_bool and is_bool:
+            self.error(
+                value,
+                f"{fn}(..., {kw.name}=...) expects {spec.describe_range()}. Received: {value}.",
+            )
+        elif number is not None and not spec.accepts(number):
+            self.error(
+                value,
+                f"{fn}(..., {kw.name}=...) expects {spec.describe_range()}. "
+                f"Received: {ast.format_number(number)}.",
+            )
+
+    def selector(self, node: ast.Expr, fn: str) -> tuple[int, int] | None:
+        """Check a unit selector; its columns, or ``None`` if it is not one."""
+        if isinstance(node, ast.UnitSlice) and node.start >= node.stop:
+            lo, hi = sorted((node.start, node.stop))
+            self.error(
+                node,
+                f"The slice {node} selects no units: start must be below stop.",
+                hint=f"u[{lo}:{max(hi, lo + 1)}] selects columns {lo} up to, not including, "
+                f"{max(hi, lo + 1)}.",
+            )
+            return None
+        if isinstance(node, ast.Name):
+            if node.id not in self.units.names:
+                known = list(self.units.names)
+                if node.id in self.params:
+                    msg = f"'{node.id}' is a parameter, not a unit."
+                else:
+                    msg = f"Unknown unit '{node.id}'.{_suggest(node.id, known)}"
+                hint = (
+                    "units are u0, u1, ..., slices u[1:4], or names passed as "
+                    f"units={{'{node.id}': 0}}"
+                    + (f"; the names defined are {', '.join(known)}." if known else ".")
+                )
+                self.error(node, msg, hint=hint)
+                return None
+        elif not isinstance(node, ast.Unit | ast.UnitSlice):
+            self.error(
+                node,
+                f"The first argument of {fn}() must select units. Received: {node}.",
+                hint=f"write {fn}(u0), {fn}(u[0:3]) or {fn}(name) with units={{'name': 0}}.",
+            )
+            return None
+        cols = self.units.resolve(node)
+        assert cols is not None
+        width = self.units.width
+        if width is not None and cols[1] > width:
+            last = f"u0..u{width - 1}" if width > 1 else "only u0"
+            self.error(
+                node,
+                f"{node} is out of range: the output has {width} unit"
+                f"{'s' if width != 1 else ''} ({last}).",
+                hint=f"units={width} was given; select columns below {width}.",
+            )
+        elif cols[1] > self.max_stop:
+            self.max_stop, self.max_stop_span = cols[1], node.span
+        return cols
+
+    def accessor_call(self, node: ast.Call) -> None:
+        what = "y_pred" if node.name == "pred" else "y_true"
+        if len(node.args) != 1 or node.kwargs:
+            self.error(
+                node,
+                f"{node.name}() takes exactly one unit and no keywords.",
+                hint=f"{node.name}(u1) is unit u1 of {what}, one value per sample.",
+            )
+        if node.args:
+            cols = self.selector(node.args[0], node.name)
+            if cols is not None and cols[1] - cols[0] != 1:
+                self.error(
+                    node.args[0],
+                    f"{node.name}() reads one unit; {node.args[0]} selects {cols[1] - cols[0]}.",
+                    hint=f"write {node.name}(u{cols[0]}), or use a loss over the slice.",
+                )
+
+    def math_call(self, node: ast.Call, *, in_cond: bool, in_where: bool, in_const: bool) -> None:
+        arity = MATH[node.name]
+        if node.kwargs:
+            self.error(node.kwargs[0], f"{node.name}() takes no keyword arguments.")
+        if len(node.args) != arity:
+            signature = {1: "x", 2: "a, b", 3: "x, lo, hi"}[arity]
+            self.error(
+                node,
+                f"{node.name}() takes {arity} argument{'s' if arity > 1 else ''}, "
+                f"{node.name}({signature}). Received {len(node.args)}.",
+            )
+        for a in node.args:
+            self.expr(
+                a, linear=False, in_arg=True, in_cond=in_cond, in_where=in_where, in_const=in_const
+            )
+        if node.name == "clip" and len(node.args) == 3:
+            lo, hi = node.args[1], node.args[2]
+            if not _has_data(lo) and not _has_data(hi):
+                try:
+                    if _evaluate(lo, self.params) > _evaluate(hi, self.params):
+                        self.error(node, "clip(x, lo, hi) needs lo <= hi.")
+                except _Undefined:
+                    pass
+
+    # -- conditions -----------------------------------------------------------------
+
+    def cond(self, node: ast.Cond) -> None:
+        if isinstance(node, ast.Compare):
+            self.expr(node.left, linear=False, in_cond=True)
+            self.expr(node.right, linear=False, in_cond=True)
+        elif isinstance(node, ast.And | ast.Or):
+            for c in node.items:
+                self.cond(c)
+        elif isinstance(node, ast.Not):
+            self.cond(node.operand)
+
+    # -- weights ----------------------------------------------------------------------
+
+    def weights(self, expr: ast.Expr, allow_negative: bool) -> None:
+        for leaf, origin, weight in self.leaves(expr, 1.0, expr):
+            if weight < 0 and not allow_negative:
+                shown = ast.format_number(weight)
+                self.error(
+                    origin,
+                    f"The term '{origin}' enters the loss with a negative weight ({shown}).",
+                    hint="a negative term makes the loss unbounded below, so training can "
+                    "push it to -infinity; pass allow_negative=True if this is intended "
+                    f"(for instance when '{leaf}' is itself never positive).",
+                )
+
+    def leaves(
+        self, node: ast.Expr, coef: float, origin: ast.Expr
+    ) -> Iterator[tuple[ast.Expr, ast.Expr, float]]:
+        """The per-sample terms of the linear expansion of ``node``, each with the
+        term it was written in and its constant weight."""
+        if not _has_data(node):
+            return
+        if isinstance(node, ast.Sum):
+            for op, e in node.terms:
+                yield from self.leaves(e, -coef if op == "-" else coef, e)
+        elif isinstance(node, ast.Neg):
+            yield from self.leaves(node.operand, -coef, origin)
+        elif isinstance(node, ast.Where):
+            yield from self.leaves(node.term, coef, origin)
+        elif isinstance(node, ast.Product):
+            data = [(op, e) for op, e in node.factors if _has_data(e)]
+            try:
+                for op, e in node.factors:
+                    if not _has_data(e):
+                        v = _evaluate(e, self.params)
+                        coef = coef / v if op == "/" else coef * v
+            except (_Undefined, ZeroDivisionError):
+                return  # reported where the constant is checked
+            if not math.isfinite(coef):
+                self.error(origin, f"The weight of '{origin}' is not finite.")
+                return
+            if len(data) == 1 and data[0][0] == "*":
+                yield from self.leaves(data[0][1], coef, origin)
+            else:
+                yield node, origin, coef
+        else:
+            yield node, origin, coef
+
+
+def _top_terms(expr: ast.Expr) -> tuple[Term, ...]:
+    if isinstance(expr, ast.Sum):
+        return tuple(Term(-1 if op == "-" else 1, e) for op, e in expr.terms)
+    return (Term(1, expr),)
+
+
+def check(
+    formula: str | ast.Formula,
+    *,
+    units: UnitsArg,
+    params: Mapping[str, Any] | None = None,
+    allow_negative: bool = False,
+) -> Checked:
+    """Validate and return what the compiler needs (see ``validate``)."""
+    if isinstance(formula, str):
+        formula = parse(formula)
+    elif not isinstance(formula, ast.Formula):
+        raise TypeError(
+            f"validate() expects formula text or a Formula. Received: {type(formula).__name__}."
+        )
+    params = dict(params or {})
+    table, problems = unit_table(units, locate=lambda n: _first_use(formula, n))
+    problems += _param_problems(params, table, locate=lambda n: _first_use(formula, n))
+    checker = _Checker(table, params)
+    checker.expr(formula.expr)
+    if not _has_data(formula.expr):
+        checker.error(
+            formula.expr,
+            "The formula does not depend on the model's output or labels.",
+            hint="a constant loss has zero gradient; use a loss such as mse(u0).",
+        )
+    if not checker.problems:
+        checker.weights(formula.expr, allow_negative)
+    problems += checker.problems
+    if problems:
+        raise LossValidationError.collect(problems).with_source(formula.text())
+    return Checked(
+        formula=formula,
+        units=table,
+        params=MappingProxyType(params),
+        allow_negative=allow_negative,
+        terms=_top_terms(formula.expr),
+        max_stop=checker.max_stop,
+        max_stop_span=checker.max_stop_span,
+    )
+
+
+def _first_use(formula: ast.Formula, name: str) -> Span | None:
+    """Span of the first ``Name`` node called ``name`` (for problems in the
+    ``units`` or ``params`` arguments, which have no text of their own)."""
+    for node in ast.walk(formula.expr):
+        if isinstance(node, ast.Name) and node.id == name:
+            return node.span
+    return None
+
+
+def validate(
+    formula: str | ast.Formula,
+    *,
+    units: UnitsArg,
+    params: Mapping[str, Any] | None = None,
+    allow_negative: bool = False,
+) -> ast.Formula:
+    """Check ``formula`` against the output's ``units`` and the ``params``.
+
+    Args:
+        formula: formula text or a parsed ``Formula``.
+        units: the output width (``int``), a mapping of unit names to a column
+            index or ``[start, stop]``, or ``None`` when the width is only known
+            when the loss is called (names are then unavailable).
+        params: parameter names to finite float values.
+        allow_negative: accept terms with negative constant weights.
+
+    Returns the parsed ``Formula``. Raises ``LossSyntaxError`` or
+    ``LossValidationError`` listing every problem, each with its caret.
+    """
+    return check(formula, units=units, params=params, allow_negative=allow_negative).formula
