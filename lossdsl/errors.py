@@ -74,6 +74,11 @@ class LossDSLError(ValueError):
         hint: how to fix it, or ``None``.
     """
 
+    # TensorFlow's autograph re-raises errors from converted code as a generic
+    # StagingError unless they carry this marker; ours pass through intact, so
+    # a user's own tf.function still sees the LossDSLError with its caret.
+    ag_pass_through = True
+
     def __init__(
         self,
         message: str,

@@ -109,10 +109,11 @@ class FormulaLoss(keras.losses.Loss):
                 f"Unknown parameter '{name}'.{hint} This loss's parameters: {known}."
             )
         try:
-            number = float(value)  # also numpy and 0-d tensor scalars
+            # Numbers, numpy scalars and 0-d tensors; never text or booleans.
+            number = math.nan if isinstance(value, str | bytes | bool) else float(value)
         except (TypeError, ValueError):
             number = math.nan
-        if isinstance(value, bool) or not math.isfinite(number):
+        if not math.isfinite(number):
             raise LossValidationError(
                 f"Parameter '{name}' must be a finite number. Received: {value!r}."
             )

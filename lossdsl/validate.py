@@ -43,6 +43,8 @@ class UnitTable:
 
     width: int | None = None
     names: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    invalid: frozenset[str] = frozenset()
+    """Names given with a binding that was already reported as wrong."""
 
     def resolve(self, node: ast.Node) -> tuple[int, int] | None:
         """Columns ``(start, stop)`` a selector names, or ``None`` if it names none."""
@@ -117,13 +119,16 @@ def unit_table(
         )
         return UnitTable(), problems
     names: dict[str, tuple[int, int]] = {}
+    invalid: set[str] = set()
     for key, value in units.items():
+        invalid.add(str(key))
         problem = check_identifier(key, "unit")
         if problem is None and key in function_names():
             problem = f"{key!r} is a function name and cannot name a unit."
         if problem:
             problems.append(LossValidationError(problem, span=locate(str(key))))
             continue
+        invalid.discard(key)
         if _is_int(value) and value >= 0:
             names[key] = (value, value + 1)
         elif (
@@ -134,6 +139,7 @@ def unit_table(
         ):
             names[key] = (value[0], value[1])
         else:
+            invalid.add(key)
             problems.append(
                 LossValidationError(
                     f"Unit {key!r} must be a column index >= 0 or [start, stop] with "
@@ -143,7 +149,7 @@ def unit_table(
                     f"units={{'{key}': [2, 6]}} names columns 2 to 5.",
                 )
             )
-    return UnitTable(names=MappingProxyType(names)), problems
+    return UnitTable(names=MappingProxyType(names), invalid=frozenset(invalid)), problems
 
 
 def _param_problems(
@@ -259,6 +265,8 @@ class _Checker:
         self.max_stop_span: Span | None = None
 
     def error(self, node: ast.Node | Span | None, message: str, hint: str | None = None) -> None:
+        if any(p.message == message for p in self.problems):
+            return  # the same mistake again (a name used twice): report its first use
         span = node.span if isinstance(node, ast.Node) else node
         self.problems.append(LossValidationError(message, span=span, hint=hint))
 
@@ -490,6 +498,8 @@ class _Checker:
             )
             return None
         if isinstance(node, ast.Name):
+            if node.id in self.units.invalid:
+                return None  # its binding is already reported
             if node.id not in self.units.names:
                 known = list(self.units.names)
                 if node.id in self.params:

@@ -1,0 +1,250 @@
+"""FormulaLoss inside Keras: compile/fit, tf.function and XLA, parameters
+without retracing, trace-time errors, configs, dtypes."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+import lossdsl
+from lossdsl import LossInputError, LossValidationError
+
+RNG = np.random.default_rng(7)
+
+
+def _data(n: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    x = RNG.normal(size=(n, 4)).astype("float32")
+    presence = (x[:, 0] > 0).astype("float32")
+    loc = (x[:, 1] * 0.5 + 0.1).astype("float32")
+    return x, np.stack([presence, loc], axis=1)
+
+
+def _model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, activation="tanh")(inputs)
+    presence = keras.layers.Dense(1, activation="sigmoid")(h)
+    loc = keras.layers.Dense(1)(h)
+    return keras.Model(inputs, keras.layers.Concatenate()([presence, loc]))
+
+
+def hand_written(y_true: object, y_pred: object) -> object:
+    """The careful hand-written loss the formula stands for: per-sample bce plus
+    the mse of the location averaged over the samples with a lesion."""
+    p_true, p_pred = y_true[:, 0], y_pred[:, 0]
+    bce = ops.binary_crossentropy(p_true, ops.clip(p_pred, 1e-7, 1 - 1e-7))
+    present = ops.cast(ops.equal(p_true, 1.0), "float32")
+    sq = ops.square(y_true[:, 1] - y_pred[:, 1]) * present
+    n = ops.cast(ops.shape(p_true)[0], "float32")
+    return bce + sq * n / ops.maximum(ops.sum(present), 1.0)
+
+
+FORMULA = "bce(presence) + mse(loc) where true(presence) == 1"
+UNITS = {"presence": 0, "loc": 1}
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_step_matches_the_hand_written_loss(jit_compile: bool) -> None:
+    x, y = _data()
+    weights = []
+    for loss in (lossdsl.compile_loss(FORMULA, units=UNITS), hand_written):
+        model = _model()
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss, jit_compile=jit_compile)
+        before = model.evaluate(x, y, batch_size=32, verbose=0)
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        weights.append((before, [w.numpy() for w in model.weights]))
+    (loss_a, w_a), (loss_b, w_b) = weights
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+    for a, b in zip(w_a, w_b, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_eager_tf_function_and_xla_agree() -> None:
+    _, y = _data()
+    y_pred = np.clip(y + RNG.normal(scale=0.2, size=y.shape), 0.01, 0.99).astype("float32")
+    loss = lossdsl.compile_loss(FORMULA, units=UNITS)
+    eager = float(loss(y, y_pred))
+    graph = float(tf.function(loss)(y, y_pred))
+    xla = float(tf.function(loss, jit_compile=True)(y, y_pred))
+    reference = float(
+        ops.mean(hand_written(ops.convert_to_tensor(y), ops.convert_to_tensor(y_pred)))
+    )
+    assert eager == pytest.approx(reference, rel=1e-6)
+    assert graph == pytest.approx(reference, rel=1e-6)
+    assert xla == pytest.approx(reference, rel=1e-5)
+
+
+def test_set_param_takes_effect_without_retracing() -> None:
+    loss = lossdsl.compile_loss(
+        "alpha*mse(u0) + (1 - alpha)*mae(u0)", units=1, params={"alpha": 1.0}
+    )
+    traces = []
+
+    @tf.function
+    def run(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        traces.append(1)
+        return loss(y_true, y_pred)
+
+    y_true = np.zeros((4, 1), "float32")
+    y_pred = np.full((4, 1), 3.0, "float32")
+    assert float(run(y_true, y_pred)) == pytest.approx(9.0)  # mse
+    loss.set_param("alpha", 0.0)
+    assert float(run(y_true, y_pred)) == pytest.approx(3.0)  # mae
+    loss.set_param("alpha", 0.5)
+    assert float(run(y_true, y_pred)) == pytest.approx(6.0)
+    assert len(traces) == 1
+    assert dict(loss.params) == {"alpha": 0.5}
+    with pytest.raises(TypeError):
+        loss.params["alpha"] = 1.0  # type: ignore[index]
+
+
+def test_set_param_between_fits_reuses_the_train_function() -> None:
+    x, y = _data()
+    loss = lossdsl.compile_loss(
+        "alpha*bce(presence) + (1 - alpha)*mse(loc)", units=UNITS, params={"alpha": 0.5}
+    )
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    first = model.fit(x, y, batch_size=32, epochs=1, verbose=0).history["loss"][0]
+    train_function = model.train_function
+    loss.set_param("alpha", 1.0)
+    second = model.fit(x, y, batch_size=32, epochs=1, verbose=0).history["loss"][0]
+    assert model.train_function is train_function
+    y_pred = model.predict(x, verbose=0)
+    bce = float(ops.mean(keras.losses.binary_crossentropy(y[:, :1], y_pred[:, :1])))
+    mse = float(ops.mean(ops.square(y[:, 1] - y_pred[:, 1])))
+    assert first == pytest.approx(0.5 * bce + 0.5 * mse, rel=1e-5)
+    assert second == pytest.approx(bce, rel=1e-5)
+
+
+def test_width_from_y_pred_at_trace_time() -> None:
+    loss = lossdsl.compile_loss("mse(u1) + mae(u[0:2])")  # units=None
+    y = np.ones((3, 2), "float32")
+    assert float(loss(y, y)) == 0.0
+    bad = lossdsl.compile_loss("mse(u1) + mae(u[0:4])")
+    with pytest.raises(LossValidationError) as info:
+        tf.function(bad)(y, y)
+    assert (
+        info.value.message
+        == "The formula reads column 3, but y_pred has only 2 units (shape (3, 2))."
+    )
+    assert info.value.column == len("mse(u1) + mae(") + 1
+
+
+def test_out_of_range_unit_in_fit_is_a_clear_error() -> None:
+    x, y = _data()
+    model = _model()
+    model.compile(optimizer="sgd", loss=lossdsl.compile_loss("bce(u0) + mse(u2)"))
+    with pytest.raises(LossValidationError, match="reads column 2, but y_pred has only 2 units"):
+        model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_mismatched_label_shape_is_an_error_not_a_broadcast() -> None:
+    loss = lossdsl.compile_loss("mse(u0)", units=1)
+    with pytest.raises(
+        LossInputError, match=r"same shape. Received: y_true \(4,\) and y_pred \(4, 1\)"
+    ):
+        loss(np.zeros(4, "float32"), np.zeros((4, 1), "float32"))
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss=loss)
+    with pytest.raises(LossInputError, match="same shape"):
+        model.fit(np.zeros((8, 3)), np.zeros(8), epochs=1, verbose=0)
+
+
+def test_declared_width_must_match_y_pred() -> None:
+    loss = lossdsl.compile_loss("mse(u0)", units=3)
+    with pytest.raises(LossInputError, match="validated for units=3, but y_pred has 2 units"):
+        loss(np.zeros((4, 2), "float32"), np.zeros((4, 2), "float32"))
+
+
+def test_no_units_axis_is_an_error() -> None:
+    loss = lossdsl.compile_loss("mse(u0)")
+    with pytest.raises(LossInputError, match="no units axis"):
+        loss(np.zeros(4, "float32"), np.zeros(4, "float32"))
+
+
+def test_per_sample_shape_for_extra_axes() -> None:
+    y_true = RNG.uniform(size=(2, 3, 4)).astype("float32")
+    y_pred = RNG.uniform(size=(2, 3, 4)).astype("float32")
+    loss = lossdsl.compile_loss("mse(u[0:2]) + abs(pred(u3) - true(u3)) where true(u2) > 0.5")
+    values = loss.call(ops.convert_to_tensor(y_true), ops.convert_to_tensor(y_pred))
+    assert tuple(values.shape) == (2, 3)
+    m = y_true[..., 2] > 0.5
+    ref = ((y_true[..., :2] - y_pred[..., :2]) ** 2).mean(-1) + np.where(
+        m, np.abs(y_pred[..., 3] - y_true[..., 3]), 0
+    ) * m.size / m.sum()
+    np.testing.assert_allclose(values, ref, rtol=1e-5)
+
+
+def test_dtypes_of_inputs_do_not_change_the_loss_dtype() -> None:
+    loss = lossdsl.compile_loss("bce(u0) + mse(u1)", units=2)
+    y_true = np.array([[1, 0], [0, 1]])  # int64
+    y_pred = np.array([[0.8, 0.1], [0.3, 0.7]])  # float64
+    out = loss(y_true, y_pred)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    y_bool = np.array([[True, False], [False, True]])
+    assert float(loss(y_bool, y_pred)) == pytest.approx(float(out))
+
+
+def test_get_config_round_trip_and_in_process_save(tmp_path: object) -> None:
+    loss = lossdsl.compile_loss(
+        "alpha*bce(presence) + mse(loc) where true(presence) == 1  # lesion",
+        units=UNITS,
+        params={"alpha": 0.25},
+        where_mean="batch",
+        name="lesion_loss",
+    )
+    loss.set_param("alpha", 0.75)
+    config = loss.get_config()
+    assert config == {
+        "name": "lesion_loss",
+        "reduction": "sum_over_batch_size",
+        "expression": "alpha*bce(presence) + mse(loc) where true(presence) == 1  # lesion",
+        "units": {"presence": 0, "loc": 1},
+        "params": {"alpha": 0.75},
+        "where_mean": "batch",
+        "allow_negative": False,
+        "dtype": None,
+    }
+    clone = lossdsl.FormulaLoss.from_config(config)
+    _, y = _data()
+    y_pred = np.clip(y, 0.1, 0.9)
+    assert float(clone(y, y_pred)) == pytest.approx(float(loss(y, y_pred)))
+
+    model = _model()
+    model.compile(optimizer="sgd", loss=loss)
+    path = f"{tmp_path}/m.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert isinstance(restored.loss, lossdsl.FormulaLoss)
+    assert restored.loss.get_config() == config
+
+
+def test_registered_loss_compiles_and_matches_a_hand_computation() -> None:
+    def scaled_abs(y_true: object, y_pred: object, scale: float = 1.0) -> object:
+        return scale * ops.sum(ops.abs(y_true - y_pred), axis=-1)
+
+    lossdsl.register_loss("scaled_abs", scaled_abs, kwargs={"scale": 1.0})
+    try:
+        loss = lossdsl.compile_loss("scaled_abs(u[0:2], scale=3) + mse(u2)", units=3)
+        y_true = RNG.normal(size=(5, 3)).astype("float32")
+        y_pred = RNG.normal(size=(5, 3)).astype("float32")
+        ref = 3 * np.abs(y_true[:, :2] - y_pred[:, :2]).sum(1) + (y_true[:, 2] - y_pred[:, 2]) ** 2
+        np.testing.assert_allclose(loss.call(y_true, y_pred), ref, rtol=1e-5)
+    finally:
+        lossdsl.unregister_loss("scaled_abs")
+
+
+def test_sample_weight_and_reduction_belong_to_the_base_class() -> None:
+    loss = lossdsl.compile_loss("mse(u0) where true(u1) > 0", units=2, reduction="sum")
+    y_true = np.array([[1.0, 1.0], [2.0, 0.0], [3.0, 1.0], [0.0, 1.0]], "float32")
+    y_pred = np.zeros((4, 2), "float32")
+    w = np.array([1.0, 5.0, 2.0, 0.5], "float32")
+    selected = np.array([1.0, 0.0, 9.0, 0.0])  # squared errors on the selected rows
+    per_sample = selected * 4 / 3  # selected mean, spread over the batch
+    assert float(loss(y_true, y_pred, sample_weight=w)) == pytest.approx(
+        float((per_sample * w).sum())
+    )
