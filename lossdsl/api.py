@@ -40,9 +40,9 @@ def compile_loss(
         **loss_kwargs: ``reduction`` and ``dtype``, passed to ``keras.losses.Loss``.
 
     >>> loss = compile_loss("bce(presence) + mse(loc) where true(presence) == 1",
-    ...                     units={"presence": 0, "loc": 1})
-    >>> loss.name
-    'formula_loss'
+    ...                     units={"presence": 0, "loc": 1}, name="lesion")
+    >>> loss
+    FormulaLoss('bce(presence) + mse(loc) where true(presence) == 1', name='lesion')
     """
     if isinstance(spec, str):
         fields: dict[str, Any] = {"expression": spec}
