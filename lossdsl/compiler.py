@@ -11,10 +11,11 @@ time) and tensors of ``y_pred``'s dtype once they touch the data.
 ``T where C`` (see the README's Semantics section):
 
 * ``m = C`` per sample, with no gradient (``stop_gradient`` on its operands);
-* ``y_true`` and ``y_pred`` are replaced by 0.5 in the rows where ``m`` is
-  false *before* ``T`` is computed, and ``T`` is selected with ``where`` after,
-  so masked rows contribute exactly 0 to the value and to the gradient even
-  when their inputs are NaN or inf (the "double where");
+* the columns of ``y_true`` and ``y_pred`` that ``T`` reads are replaced by
+  0.5 in the rows where ``m`` is false *before* ``T`` is computed, and ``T``
+  is selected with ``where`` after, so masked rows contribute exactly 0 to
+  the value and to the gradient even when their inputs are NaN or inf (the
+  "double where");
 * ``where_mean="selected"``: ``c = where(m, T, 0) * n / count(m)``, whose batch
   mean is the mean of ``T`` over the selected samples (0 when none is);
   ``where_mean="batch"``: ``c = where(m, T, 0)``.
@@ -66,30 +67,43 @@ Node = Callable[["_Ctx"], Value]
 
 
 class _Ctx:
-    """The tensors one evaluation reads: inputs, dtype, parameters, the
-    per-sample shape."""
+    """The tensors one evaluation reads: inputs, dtype, parameters, and, inside
+    a ``where`` term, the mask whose false rows are replaced before use."""
 
-    __slots__ = ("all_true", "dtype", "params", "y_pred", "y_true")
+    __slots__ = ("_cache", "all_true", "dtype", "mask", "params", "y_pred", "y_true")
 
     def __init__(
-        self, y_true: Any, y_pred: Any, dtype: str, params: Mapping[str, Any], all_true: Any
+        self,
+        y_true: Any,
+        y_pred: Any,
+        dtype: str,
+        params: Mapping[str, Any],
+        all_true: Any,
+        *,
+        mask: Any = None,
     ) -> None:
         self.y_true = y_true
         self.y_pred = y_pred
         self.dtype = dtype
         self.params = params
         self.all_true = all_true
+        self.mask = mask
+        self._cache: dict[tuple[bool, int, int], Any] = {}
 
     def masked(self, m: Any) -> _Ctx:
-        """The same inputs with the rows where ``m`` is false replaced by a safe value."""
-        rows = ops.expand_dims(m, -1)
-        return _Ctx(
-            ops.where(rows, self.y_true, _SAFE),
-            ops.where(rows, self.y_pred, _SAFE),
-            self.dtype,
-            self.params,
-            self.all_true,
-        )
+        """The same inputs, read with the rows where ``m`` is false replaced by a
+        safe value (only the columns the term reads are touched)."""
+        return _Ctx(self.y_true, self.y_pred, self.dtype, self.params, self.all_true, mask=m)
+
+    def columns(self, pred: bool, start: int, stop: int) -> Any:
+        """``y_pred[..., start:stop]`` (or ``y_true``), sanitised inside a where-term."""
+        key = (pred, start, stop)
+        if key not in self._cache:
+            x = (self.y_pred if pred else self.y_true)[..., start:stop]
+            if self.mask is not None:
+                x = ops.where(ops.expand_dims(self.mask, -1), x, _SAFE)
+            self._cache[key] = x
+        return self._cache[key]
 
 
 def _const(x: Value) -> bool:
@@ -199,9 +213,8 @@ class Program:
             cols = units.resolve(node.args[0])
             assert cols is not None
             col = cols[0]
-            if node.name == "pred":
-                return lambda ctx: ctx.y_pred[..., col]
-            return lambda ctx: ctx.y_true[..., col]
+            pred = node.name == "pred"
+            return lambda ctx: ctx.columns(pred, col, col + 1)[..., 0]
         if node.name in _MATH_OPS:
             fn = _MATH_OPS[node.name]
             args = [self._compile(a) for a in node.args]
@@ -211,7 +224,9 @@ class Program:
         assert cols is not None
         start, stop = cols
         kwargs = {k.name: _literal(k.value) for k in node.kwargs}
-        return lambda ctx: loss(ctx.y_true[..., start:stop], ctx.y_pred[..., start:stop], **kwargs)
+        return lambda ctx: loss(
+            ctx.columns(False, start, stop), ctx.columns(True, start, stop), **kwargs
+        )
 
     def _where(self, node: ast.Where) -> Node:
         term = self._compile(node.term)
@@ -220,7 +235,8 @@ class Program:
 
         def run(ctx: _Ctx) -> Value:
             m = cond(ctx)
-            m = ops.logical_and(ctx.all_true, m)  # per-sample shape, even for a constant
+            if _const(m) or len(m.shape) < len(ctx.all_true.shape):
+                m = ops.logical_and(ctx.all_true, m)  # a constant condition: broadcast it
             value = term(ctx.masked(m))
             value = ops.where(m, value, 0.0)
             value = ops.cast(value, ctx.dtype)

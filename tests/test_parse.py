@@ -227,6 +227,7 @@ def _extend(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 formulas = st.recursive(st.one_of(_numbers, _names, _calls(_names)), _extend, max_leaves=12)
 
 
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")  # large strategy repr
 @settings(max_examples=300, deadline=None)
 @given(formulas)
 def test_round_trip_of_generated_formulas(text: str) -> None:
