@@ -195,7 +195,9 @@ def register_loss(
 
     ``fn(y_true, y_pred, **kwargs)`` receives the selected columns, shape
     ``(..., n_units)``, and must return one value per sample, shape
-    ``(...)``, using ``keras.ops``. ``kwargs`` maps each keyword the loss
+    ``(...)``, using ``keras.ops``; each sample's value must depend on that
+    sample alone (inside a ``where`` term, masked rows hold placeholder
+    values). ``kwargs`` maps each keyword the loss
     accepts to its default; a ``bool`` default makes it a flag, anything
     else a number. The loss is validated exactly like a built-in: unknown
     keywords, wrong types and too few units are errors with a caret.

@@ -12,7 +12,7 @@ time) and tensors of ``y_pred``'s dtype once they touch the data.
 
 * ``m = C`` per sample, with no gradient (``stop_gradient`` on its operands);
 * the columns of ``y_true`` and ``y_pred`` that ``T`` reads are replaced by
-  0.5 in the rows where ``m`` is false *before* ``T`` is computed, and ``T``
+  0 and 0.5 in the rows where ``m`` is false *before* ``T`` is computed, and ``T``
   is selected with ``where`` after, so masked rows contribute exactly 0 to
   the value and to the gradient even when their inputs are NaN or inf (the
   "double where");
@@ -36,10 +36,15 @@ from lossdsl.validate import Checked
 
 __all__ = ["Program", "builtin_loss_fn"]
 
-# Masked rows are replaced by this value before a where-term is computed: any
-# finite value works (the outer `where` discards what it gives); 0.5 lies in
-# the domain of every built-in loss and of log/sqrt.
-_SAFE = 0.5
+# Masked rows are replaced by these values before a where-term is computed. Any
+# finite value keeps the gradient clean (the outer `where` discards what the
+# term gives there), but the values must not change what the term computes on
+# the selected rows: Keras's hinge losses map 0/1 labels to -1/1 only when every
+# label in the batch is 0 or 1, so a replaced label must be 0 (also in the
+# domain of every built-in loss). 0.5 is a prediction every built-in loss and
+# log/sqrt accept.
+_SAFE_TRUE = 0.0
+_SAFE_PRED = 0.5
 
 
 def _focal(y_true: Any, y_pred: Any, **kw: Any) -> Any:
@@ -101,7 +106,7 @@ class _Ctx:
         if key not in self._cache:
             x = (self.y_pred if pred else self.y_true)[..., start:stop]
             if self.mask is not None:
-                x = ops.where(ops.expand_dims(self.mask, -1), x, _SAFE)
+                x = ops.where(ops.expand_dims(self.mask, -1), x, _SAFE_PRED if pred else _SAFE_TRUE)
             self._cache[key] = x
         return self._cache[key]
 

@@ -79,7 +79,7 @@ class FormulaLoss(keras.losses.Loss):
         self._program = Program(self._checked, where_mean)
         self._values: dict[str, float] = dict(spec.params)
         self._variables = {
-            k: keras.Variable(v, dtype="float32", trainable=False, name=f"lossdsl_{k}")
+            k: keras.Variable(v, dtype=self.dtype, trainable=False, name=f"lossdsl_{k}")
             for k, v in self._values.items()
         }
 
