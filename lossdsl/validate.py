@@ -591,7 +591,7 @@ class _Checker:
     # -- weights ----------------------------------------------------------------------
 
     def weights(self, expr: ast.Expr, allow_negative: bool) -> None:
-        for leaf, origin, weight in self.leaves(expr, 1.0, expr):
+        for leaf, origin, weight in self.leaves(expr, 1.0, expr, top=True):
             if weight < 0 and not allow_negative:
                 shown = ast.format_number(weight)
                 self.error(
@@ -603,13 +603,17 @@ class _Checker:
                 )
 
     def leaves(
-        self, node: ast.Expr, coef: float, origin: ast.Expr
+        self, node: ast.Expr, coef: float, origin: ast.Expr, *, top: bool = False
     ) -> Iterator[tuple[ast.Expr, ast.Expr, float]]:
-        """The per-sample terms of the linear expansion of ``node``, each with the
-        term it was written in and its constant weight."""
+        """Each top-level term's per-sample part, the term as written, and its
+        constant weight (signs, numbers and parameters multiplied out).
+
+        Only the formula's own sum is split: a parenthesised sum inside a term
+        is one part, so ``0.5*beta*(square(mu) + exp(lv) - lv - 1)`` (a KL
+        divergence, never negative) is a term of weight ``0.5*beta``."""
         if not _has_data(node):
             return
-        if isinstance(node, ast.Sum):
+        if isinstance(node, ast.Sum) and top:
             for op, e in node.terms:
                 yield from self.leaves(e, -coef if op == "-" else coef, e)
         elif isinstance(node, ast.Neg):

@@ -177,3 +177,13 @@ def test_errors_pickle() -> None:
         lossdsl.validate("bec(u0) + mse(u7)", units=2)
     back = pickle.loads(pickle.dumps(info.value))
     assert str(back) == str(info.value)
+
+
+def test_negative_weight_is_judged_per_top_level_term() -> None:
+    # A KL divergence written out: never negative, though `- pred(u1)` inside is.
+    kl = "0.5*beta*(square(pred(u0)) + exp(pred(u1)) - pred(u1) - 1)"
+    assert lossdsl.validate(f"mse(u2) + {kl}", units=3, params={"beta": 0.1})
+    with pytest.raises(LossValidationError, match="negative weight"):
+        lossdsl.validate(f"mse(u2) - {kl}", units=3, params={"beta": 0.1})
+    with pytest.raises(LossValidationError, match=r"negative weight \(-0.05\)"):
+        lossdsl.validate(f"mse(u2) + {kl}", units=3, params={"beta": -0.1})
