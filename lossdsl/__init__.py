@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lossdsl import _keras_hook
 from lossdsl.api import compile_loss
 from lossdsl.ast import Formula
 from lossdsl.catalog import register_loss, unregister_loss
@@ -41,6 +42,11 @@ __all__ = [
     "unregister_loss",
     "validate",
 ]
+
+
+# A model saved with a FormulaLoss loads after only `import lossdsl`: the class
+# is registered with Keras when Keras is (or already was) imported.
+_keras_hook.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -47,12 +47,40 @@ _SAFE_TRUE = 0.0
 _SAFE_PRED = 0.5
 
 
-def _focal(y_true: Any, y_pred: Any, **kw: Any) -> Any:
-    # Keras ignores `alpha` unless apply_class_balancing=True; giving alpha in a
-    # formula means the user wants it applied.
-    if "alpha" in kw:
-        kw["apply_class_balancing"] = True
-    return keras.losses.binary_focal_crossentropy(y_true, y_pred, **kw)
+def _focal(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    gamma: float = 2.0,
+    alpha: float | None = None,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+) -> Any:
+    """``keras.losses.binary_focal_crossentropy``, value for value, with two
+    differences that only matter where Keras goes wrong:
+
+    * giving ``alpha`` turns on class balancing (Keras silently ignores ``alpha``
+      unless ``apply_class_balancing=True``);
+    * the focal factor ``(1 - p_t) ** gamma`` has a finite gradient where
+      ``p_t == 1`` (Keras's ``power`` gives NaN there for ``gamma < 1``).
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    prob = ops.sigmoid(y_pred) if from_logits else y_pred
+    bce = ops.binary_crossentropy(y_true, y_pred, from_logits=from_logits)
+    base = 1.0 - (y_true * prob + (1.0 - y_true) * (1.0 - prob))
+    if gamma == 0:
+        factor = ops.ones_like(base)
+    else:
+        positive = ops.greater(base, 0.0)
+        safe = ops.where(positive, base, 1.0)  # the double where: no 0 ** gamma in the gradient
+        factor = ops.where(positive, ops.power(safe, gamma), 0.0)
+    out = factor * bce
+    if alpha is not None:
+        out = out * (y_true * alpha + (1.0 - y_true) * (1.0 - alpha))
+    return ops.mean(out, axis=-1)
 
 
 def builtin_loss_fn(name: str) -> Callable[..., Any]:
@@ -201,14 +229,28 @@ class Program:
         first = self._compile(pairs[0][1])
         rest = [(op, self._compile(e)) for op, e in pairs[1:]]
         first_neg = pairs[0][0] == "-"
+        product = pairs[0][0] == "*"
 
         def run(ctx: _Ctx) -> Value:
             acc = first(ctx)
             if first_neg:
                 acc = _neg(acc)
+            if not product:
+                for op, fn in rest:
+                    acc = _binary(op, acc, fn(ctx))
+                return acc
+            # Multiply the Python constants together first, in float64, so that
+            # `mse(u0) * 1e30 * 1e30 / 1e55` cannot overflow float32 on the way.
+            coef, tensor = (acc, None) if _const(acc) else (1.0, acc)
             for op, fn in rest:
-                acc = _binary(op, acc, fn(ctx))
-            return acc
+                v = fn(ctx)
+                if _const(v):
+                    coef = coef / v if op == "/" else coef * v
+                elif tensor is None:
+                    tensor = ops.divide(1.0, v) if op == "/" else v
+                else:
+                    tensor = _binary(op, tensor, v)
+            return coef if tensor is None else (tensor if coef == 1.0 else tensor * coef)
 
         return run
 
@@ -229,9 +271,25 @@ class Program:
         assert cols is not None
         start, stop = cols
         kwargs = {k.name: _literal(k.value) for k in node.kwargs}
-        return lambda ctx: loss(
-            ctx.columns(False, start, stop), ctx.columns(True, start, stop), **kwargs
-        )
+        source, span = self.checked.formula.text(), node.span
+
+        def run(ctx: _Ctx) -> Value:
+            out = loss(ctx.columns(False, start, stop), ctx.columns(True, start, stop), **kwargs)
+            want = tuple(ctx.all_true.shape)
+            got = tuple(getattr(out, "shape", ()))
+            if len(got) != len(want) or any(
+                a is not None and b is not None and a != b for a, b in zip(got, want, strict=True)
+            ):
+                raise LossValidationError(
+                    f"{node.name}() returned shape {got}; a loss must return one value per "
+                    f"sample, shape {want}.",
+                    source=source,
+                    span=span,
+                    hint="reduce over the last axis only: keras.ops.mean(..., axis=-1).",
+                )
+            return out
+
+        return run
 
     def _where(self, node: ast.Where) -> Node:
         term = self._compile(node.term)
@@ -246,9 +304,12 @@ class Program:
             value = ops.where(m, value, 0.0)
             value = ops.cast(value, ctx.dtype)
             if selected:
-                count = ops.sum(ops.cast(m, ctx.dtype))
-                n = ops.cast(ops.size(m), ctx.dtype)
-                value = value * ops.stop_gradient(ops.divide_no_nan(n, count))
+                # Counted in float32: float16 overflows past 65,504 samples and
+                # bfloat16 is inexact past 256.
+                count = ops.sum(ops.cast(m, "float32"))
+                n = ops.cast(ops.size(m), "float32")
+                scale = ops.cast(ops.divide_no_nan(n, count), ctx.dtype)
+                value = value * ops.stop_gradient(scale)
             return value
 
         return run
@@ -296,12 +357,25 @@ class Program:
 
     def check_inputs(self, y_true: Any, y_pred: Any) -> None:
         """Clear errors, at trace time, for inputs this formula cannot use."""
-        ts, ps = tuple(y_true.shape), tuple(y_pred.shape)
+        text = self.checked.formula.text()
+        whole = (0, len(text))
+        try:
+            ts, ps = tuple(y_true.shape), tuple(y_pred.shape)
+        except (TypeError, ValueError):  # TensorFlow: a shape of unknown rank
+            raise LossInputError(
+                "y_true and y_pred must have a known rank when the loss is traced. "
+                f"Received: y_true {y_true.shape} and y_pred {y_pred.shape}.",
+                source=text,
+                span=whole,
+                hint="give tf.function an input_signature with a rank, such as "
+                "TensorSpec([None, 3]).",
+            ) from None
         if len(ps) < 2:
             raise LossInputError(
                 f"y_pred has shape {ps}, with no units axis. lossdsl expects "
                 "(batch, ..., units), the units on the last axis.",
-                source=self.checked.formula.text(),
+                source=text,
+                span=whole,
                 hint="a model with one output unit returns (batch, 1); reshape a (batch,) "
                 "output or label with keras.ops.expand_dims(x, -1).",
             )
@@ -311,10 +385,20 @@ class Program:
             raise LossInputError(
                 f"y_true and y_pred must have the same shape. Received: y_true {ts} and "
                 f"y_pred {ps}.",
-                source=self.checked.formula.text(),
+                source=text,
+                span=whole,
                 hint="Keras does not reshape labels for a Loss subclass; a (batch,) label "
                 "against a (batch, 1) output would silently broadcast to (batch, batch). "
                 "Reshape the labels to the output's shape.",
+            )
+        if ps[-1] is None or ts[-1] is None:
+            raise LossInputError(
+                "The units axis (the last) of y_true and y_pred must have a known size "
+                f"when the loss is traced. Received: y_true {ts} and y_pred {ps}.",
+                source=text,
+                span=whole,
+                hint="without it, lossdsl cannot check that each unit exists; give the "
+                "last axis a size, as a model's output has.",
             )
         width = ps[-1]
         declared = self.checked.units.width
@@ -322,7 +406,8 @@ class Program:
             raise LossInputError(
                 f"The formula was validated for units={declared}, but y_pred has {width} "
                 f"units (shape {ps}).",
-                source=self.checked.formula.text(),
+                source=text,
+                span=whole,
                 hint="pass the model's output width as units, or units=None to take it "
                 "from y_pred.",
             )
@@ -330,7 +415,7 @@ class Program:
             raise LossValidationError(
                 f"The formula reads column {self.checked.max_stop - 1}, but y_pred has only "
                 f"{width} unit{'s' if width != 1 else ''} (shape {ps}).",
-                source=self.checked.formula.text(),
+                source=text,
                 span=self.checked.max_stop_span,
                 hint=f"select units below u{width}, or check the model's output width.",
             )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -86,7 +87,23 @@ class FormulaLoss(keras.losses.Loss):
     # -- the loss ---------------------------------------------------------------
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
+        if self._variables and keras.backend.backend() == "jax":
+            self._note_jax_capture()
         return self._program(y_true, y_pred, self._variables)
+
+    def _note_jax_capture(self) -> None:
+        # JAX's train step is a pure function of the model's state; a variable
+        # outside that state is read once, while tracing, as a constant. Record
+        # it so that set_param can say so instead of silently doing nothing.
+        try:
+            from keras.src.backend.common.stateless_scope import get_stateless_scope
+        except ImportError:  # pragma: no cover - a Keras without this module
+            return
+        scope = get_stateless_scope()
+        if scope is not None and any(
+            scope.get_current_value(v) is None for v in self._variables.values()
+        ):
+            self._params_captured = True
 
     # -- parameters ---------------------------------------------------------------
 
@@ -126,6 +143,15 @@ class FormulaLoss(keras.losses.Loss):
         )
         self._variables[name].assign(number)
         self._values = new
+        if getattr(self, "_params_captured", False):
+            warnings.warn(
+                f"On the JAX backend, Keras compiled model.fit's train step with this loss's "
+                f"parameters as constants, so the new value of '{name}' reaches fit only once "
+                "that step is rebuilt: call model.make_train_function(force=True) (and "
+                "make_test_function) after set_param. Eager calls and tf.function on the "
+                "TensorFlow backend see the change at once.",
+                stacklevel=2,
+            )
 
     # -- introspection and saving ---------------------------------------------------
 

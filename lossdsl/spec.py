@@ -15,6 +15,7 @@ at once, each with its caret, as a ``LossDSLError`` (never a raw pydantic
 from __future__ import annotations
 
 import difflib
+import numbers
 from collections.abc import Mapping
 from typing import Any, Literal, NoReturn
 
@@ -95,6 +96,8 @@ class LossSpec(BaseModel):
     def _check_all(cls, data: Any) -> Any:
         # Everything is checked here, on the raw input, so that one pass reports
         # every problem (field types included) in lossdsl's own words.
+        if isinstance(data, str):
+            data = {"expression": data}  # a bare formula, as a config file may hold
         if not isinstance(data, Mapping):
             raise LossValidationError(
                 f"A loss spec is a formula string or a mapping. Received: {type(data).__name__}."
@@ -158,17 +161,43 @@ class LossSpec(BaseModel):
                 problems.append(e)
         if problems:
             raise LossValidationError.collect(problems)
-        return data
+        return {**data, "units": _plain_units(data.get("units")), "params": _plain(params)}
 
     @model_validator(mode="after")
     def _keep_formula(self) -> LossSpec:
         self._formula = parse(self.expression)  # cached: parsed once above
         return self
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            super().__setattr__(name, value)
+            return
+        raise AttributeError(
+            f"LossSpec is immutable; cannot set {name!r}. Build a new one: "
+            f"LossSpec(**{{**spec.model_dump(), {name!r}: ...}})."
+        )
+
     @property
     def formula(self) -> ast.Formula:
         """The parsed formula."""
         return self._formula
+
+
+def _plain(params: Mapping[str, Any]) -> dict[str, float]:
+    """Parameters as Python floats (numpy scalars included, already checked)."""
+    return {str(k): float(v) for k, v in params.items()}
+
+
+def _plain_units(units: Any) -> Any:
+    """Units with Python ints (numpy integers included, already checked)."""
+    if units is None:
+        return None
+    if isinstance(units, Mapping):
+        return {
+            str(k): int(v) if isinstance(v, numbers.Integral) else (int(v[0]), int(v[1]))
+            for k, v in units.items()
+        }
+    return int(units)
 
 
 def _raise_from(e: ValidationError) -> NoReturn:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -81,16 +82,37 @@ class Checked:
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    pool = list(candidates)
+    lower = {c.lower(): c for c in pool}
+    if name.lower() in lower:  # MSE, Bce
+        return f" Did you mean '{lower[name.lower()]}'?"
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
+def _suggest_function(name: str) -> str:
+    for entry in LOSSES.values():  # Keras's own names: binary_crossentropy -> bce
+        if entry.keras_name and name.lower() in (entry.keras_name, f"{entry.keras_name}_loss"):
+            return f" Did you mean '{entry.name}' (keras.losses.{entry.keras_name})?"
+    return _suggest(name, function_names())
+
+
 def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _is_real(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+# The default compute dtype is float32: a literal or weight outside its range
+# would silently become inf or 0 in the compiled loss.
+_F32_MAX = 3.4028234663852886e38
+_F32_TINY = 1.1754943508222875e-38
+
+
+def _outside_float32(value: float) -> bool:
+    return abs(value) > _F32_MAX or 0 < abs(value) < _F32_TINY
 
 
 def unit_table(
@@ -102,14 +124,13 @@ def unit_table(
     problems: list[LossDSLError] = []
     if units is None:
         return UnitTable(), problems
-    if _is_int(units):
-        assert isinstance(units, int)
+    if isinstance(units, numbers.Integral) and not isinstance(units, bool):
         if units < 1:
             problems.append(
                 LossValidationError(f"units must be at least 1. Received: units={units}.")
             )
             return UnitTable(), problems
-        return UnitTable(width=units), problems
+        return UnitTable(width=int(units)), problems
     if not isinstance(units, Mapping):
         problems.append(
             LossValidationError(
@@ -130,14 +151,14 @@ def unit_table(
             continue
         invalid.discard(key)
         if _is_int(value) and value >= 0:
-            names[key] = (value, value + 1)
+            names[key] = (int(value), int(value) + 1)
         elif (
             isinstance(value, list | tuple)
             and len(value) == 2
             and all(_is_int(v) for v in value)
             and 0 <= value[0] < value[1]
         ):
-            names[key] = (value[0], value[1])
+            names[key] = (int(value[0]), int(value[1]))
         else:
             invalid.add(key)
             problems.append(
@@ -218,6 +239,8 @@ def _evaluate(node: ast.Node, params: Mapping[str, float]) -> float:
                 out *= v
         return _finite(node, out)
     if isinstance(node, ast.Call) and node.name in MATH and not node.kwargs:
+        if len(node.args) != MATH[node.name]:
+            raise _Undefined(node, "")  # the arity is reported by math_call
         args = [_evaluate(a, params) for a in node.args]
         try:
             value = _MATH_FNS[node.name](*args)
@@ -257,7 +280,8 @@ _MATH_FNS: dict[str, Any] = {
 class _Checker:
     """One walk over the AST, collecting problems instead of stopping at the first."""
 
-    def __init__(self, units: UnitTable, params: Mapping[str, float]) -> None:
+    def __init__(self, units: UnitTable, params: Mapping[str, float], source: str) -> None:
+        self.source = source
         self.units = units
         self.params = params
         self.problems: list[LossDSLError] = []
@@ -285,6 +309,12 @@ class _Checker:
         const = not _has_data(node)
         if const and not in_const and not isinstance(node, ast.Number | ast.Name):
             self.constant(node)
+        if isinstance(node, ast.Number) and _outside_float32(node.value):
+            self.error(
+                node,
+                f"The number {ast.format_number(node.value)} is outside the float32 range "
+                "(about 1.2e-38 to 3.4e38), so the compiled loss would see inf or 0.",
+            )
         flags = {"in_arg": in_arg, "in_cond": in_cond, "in_where": in_where, "in_const": const}
         if isinstance(node, ast.Number):
             return
@@ -304,6 +334,20 @@ class _Checker:
         elif isinstance(node, ast.Sum):
             for _, e in node.terms:
                 self.expr(e, linear=linear, **flags)
+            for (_, before), (op, after) in zip(node.terms, node.terms[1:], strict=False):
+                if (
+                    isinstance(before, ast.Where)
+                    and not self.parenthesised(before)
+                    and not _has_data(after)
+                ):
+                    self.error(
+                        after,
+                        f"A constant follows a condition: '{op} {after}' is a term of its own, "
+                        "not part of the comparison before it.",
+                        hint="a condition ends at the next + or -. To compare with an "
+                        f"expression, parenthesise it: where x > (1 {op} {after}); to add a "
+                        "constant, put it first or parenthesise the where-term.",
+                    )
         elif isinstance(node, ast.Product):
             data = [_has_data(e) for _, e in node.factors]
             for i, (op, e) in enumerate(node.factors):
@@ -348,6 +392,9 @@ class _Checker:
             )
         self.expr(node.term, in_where=True, in_arg=in_arg, in_cond=in_cond)
         self.cond(node.cond)
+
+    def parenthesised(self, node: ast.Node) -> bool:
+        return bool(node.span) and self.source[node.span[0] : node.span[0] + 1] == "("  # type: ignore[index]
 
     def constant_divisor(self, node: ast.Expr) -> None:
         try:
@@ -403,7 +450,7 @@ class _Checker:
         else:
             self.error(
                 node.name_span,
-                f"Unknown function '{node.name}'.{_suggest(node.name, function_names())}",
+                f"Unknown function '{node.name}'.{_suggest_function(node.name)}",
                 hint="losses: " + ", ".join(LOSSES) + "; math: " + ", ".join(MATH) + "; and "
                 "pred(), true().",
             )
@@ -464,10 +511,14 @@ class _Checker:
         elif isinstance(value, ast.Neg) and isinstance(value.operand, ast.Number):
             number = -value.operand.value
         if not is_bool and number is None:
+            capital = isinstance(value, ast.Name) and value.id in ("True", "False")
             self.error(
                 value,
                 f"Keyword values must be literal numbers or true/false. Received: "
                 f"{kw.name}={value}.",
+                hint=f"booleans are lower-case: {kw.name}={value.id.lower()}."  # type: ignore[union-attr]
+                if capital
+                else None,
             )
         elif want_bool and not is_bool:
             self.error(
@@ -479,7 +530,7 @@ class _Checker:
                 value,
                 f"{fn}(..., {kw.name}=...) expects {spec.describe_range()}. Received: {value}.",
             )
-        elif number is not None and not spec.accepts(number):
+        elif number is not None and (not spec.accepts(number) or _outside_float32(number)):
             self.error(
                 value,
                 f"{fn}(..., {kw.name}=...) expects {spec.describe_range()}. "
@@ -579,6 +630,15 @@ class _Checker:
     # -- conditions -----------------------------------------------------------------
 
     def cond(self, node: ast.Cond) -> None:
+        if not any(isinstance(n, ast.Name) for n in ast.walk(node)) and not _has_data(node):
+            self.error(
+                node,
+                f"The condition '{node}' compares numbers only, so it is always true or "
+                "always false.",
+                hint="compare per-sample values such as pred(u0) or true(u0), or a parameter "
+                "you can change during training.",
+            )
+            return
         if isinstance(node, ast.Compare):
             self.expr(node.left, linear=False, in_cond=True)
             self.expr(node.right, linear=False, in_cond=True)
@@ -629,8 +689,11 @@ class _Checker:
                         coef = coef / v if op == "/" else coef * v
             except (_Undefined, ZeroDivisionError):
                 return  # reported where the constant is checked
-            if not math.isfinite(coef):
-                self.error(origin, f"The weight of '{origin}' is not finite.")
+            if not math.isfinite(coef) or _outside_float32(coef):
+                self.error(
+                    origin,
+                    f"The weight of '{origin}' ({coef:g}) is outside the float32 range.",
+                )
                 return
             if len(data) == 1 and data[0][0] == "*":
                 yield from self.leaves(data[0][1], coef, origin)
@@ -660,10 +723,15 @@ def check(
         raise TypeError(
             f"validate() expects formula text or a Formula. Received: {type(formula).__name__}."
         )
-    params = dict(params or {})
+    if params is not None and not isinstance(params, Mapping):
+        raise LossValidationError(
+            f"params must map names to numbers. Received: {params!r}.",
+            hint="params={'alpha': 0.7}",
+        )
+    params = {k: float(v) if _is_real(v) else v for k, v in (params or {}).items()}
     table, problems = unit_table(units, locate=lambda n: _first_use(formula, n))
     problems += _param_problems(params, table, locate=lambda n: _first_use(formula, n))
-    checker = _Checker(table, params)
+    checker = _Checker(table, params, formula.text())
     checker.expr(formula.expr)
     if not _has_data(formula.expr):
         checker.error(

@@ -104,6 +104,13 @@ def test_formula_too_long() -> None:
         f"The formula is {len(formula):,} characters long, not counting spaces and comments; "
         "the limit is 10,000."
     )
+    # The caret starts at the first character past the limit.
+    assert info.value.span == (10_000, len(formula))
+    spaced = "mse(u0) +  # c\n " * 1300 + "mse(u0)"
+    with pytest.raises(LossSyntaxError) as info:
+        lossdsl.parse(spaced)
+    start = info.value.span[0]
+    assert len(spaced[:start].replace("# c", "").replace(" ", "").replace("\n", "")) == 10_000
 
 
 def test_whitespace_and_comments_do_not_count_towards_the_limit() -> None:
@@ -120,7 +127,7 @@ def test_whitespace_and_comments_do_not_count_towards_the_limit() -> None:
         ("(" * 101 + "mse(u0)" + ")" * 101, 100),
         ("abs(" * 120 + "pred(u0)" + ")" * 120, 403),
         ("-" * 150 + "mse(u0)", 100),
-        ("mse(u1) where " + "not " * 150 + "pred(u0) > 0", 14 + 4 * 99),
+        ("mse(u1) where " + "not " * 150 + "pred(u0) > 0", 14 + 4 * 100),
     ],
     ids=["parentheses", "calls", "unary-minus", "not"],
 )
@@ -130,6 +137,21 @@ def test_nesting_too_deep(formula: str, at: int) -> None:
     assert info.value.message == "The formula is nested more than 100 levels deep."
     assert info.value.span is not None
     assert info.value.span[0] == at
+    assert _expected_caret(formula, at, at + 1) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "(" * 99 + "mse(u0)" + ")" * 99,  # 100 parentheses, counting the call's
+        "abs(" * 99 + "pred(u0)" + ")" * 99,  # 100 calls
+        "-" * 99 + "mse(u0)",  # 99 unary minuses around a call
+        "mse(u1) where " + "not " * 99 + "pred(u0) > 0",
+    ],
+    ids=["parentheses", "calls", "unary-minus", "not"],
+)
+def test_nesting_at_the_limit_is_accepted(formula: str) -> None:
+    lossdsl.parse(formula)
 
 
 def test_deep_but_allowed_nesting_parses() -> None:
@@ -187,3 +209,33 @@ def test_negative_weight_is_judged_per_top_level_term() -> None:
         lossdsl.validate(f"mse(u2) - {kl}", units=3, params={"beta": 0.1})
     with pytest.raises(LossValidationError, match=r"negative weight \(-0.05\)"):
         lossdsl.validate(f"mse(u2) + {kl}", units=3, params={"beta": -0.1})
+
+
+def test_numpy_scalars_are_numbers() -> None:
+    import numpy as np
+
+    f = lossdsl.validate(
+        "alpha*mse(box) + bce(p)",
+        units={"p": np.int64(0), "box": [np.int32(1), np.int64(3)]},
+        params={"alpha": np.float32(0.5)},
+    )
+    assert str(f) == "alpha * mse(box) + bce(p)"
+    spec = lossdsl.LossSpec(
+        expression="alpha*mse(u0)", units=np.int64(2), params={"alpha": np.float32(0.5)}
+    )
+    assert spec.params == {"alpha": 0.5} and type(spec.params["alpha"]) is float
+    assert spec.units == 2 and type(spec.units) is int
+
+
+def test_params_must_be_a_mapping() -> None:
+    with pytest.raises(LossValidationError, match="params must map names to numbers"):
+        lossdsl.validate("mse(u0)", units=1, params="abc")  # type: ignore[arg-type]
+
+
+def test_no_bogus_second_error_for_a_wrong_arity() -> None:
+    with pytest.raises(LossValidationError) as info:
+        lossdsl.validate("mse(u0) + abs() + min(1)", units=1)
+    assert [e.message for e in info.value.errors] == [
+        "abs() takes 1 argument, abs(x). Received 0.",
+        "min() takes 2 arguments, min(a, b). Received 1.",
+    ]

@@ -248,3 +248,83 @@ def test_sample_weight_and_reduction_belong_to_the_base_class() -> None:
     assert float(loss(y_true, y_pred, sample_weight=w)) == pytest.approx(
         float((per_sample * w).sum())
     )
+
+
+def test_where_counts_do_not_overflow_in_float16() -> None:
+    # 70,000 samples: more than float16 can count (65,504).
+    n = 70_000
+    y_true = np.zeros((n, 2), "float32")
+    y_true[::2, 0] = 1.0
+    y_pred = np.zeros((n, 2), "float32")
+    y_pred[:, 1] = 0.5
+    for dtype in ("float16", "bfloat16"):
+        loss = lossdsl.compile_loss("mse(u1) where true(u0) == 1", dtype=dtype)
+        values = np.asarray(ops.cast(loss.call(y_true, y_pred), "float32"))
+        assert np.isfinite(values).all()
+        # Selected rows: 0.25 * n / (n / 2) = 0.5; the others 0.
+        np.testing.assert_allclose(values[::2], 0.5, rtol=1e-3)
+        np.testing.assert_array_equal(values[1::2], 0.0)
+
+
+def test_constants_are_multiplied_before_the_data() -> None:
+    # Left to right in float32, mse * 1e20 * 1e20 would overflow before the division.
+    loss = lossdsl.compile_loss("mse(u0) * 1e20 * 1e20 / 1e35", units=1)
+    y_true, y_pred = np.zeros((3, 1), "float32"), np.full((3, 1), 2.0, "float32")
+    np.testing.assert_allclose(loss.call(y_true, y_pred), [4e5] * 3, rtol=1e-6)
+
+
+def test_a_registered_loss_must_return_one_value_per_sample() -> None:
+    lossdsl.register_loss(
+        "keepdims", lambda t, p: ops.mean(ops.square(t - p), axis=-1, keepdims=True)
+    )
+    lossdsl.register_loss("scalar", lambda t, p: ops.mean(ops.square(t - p)))
+    try:
+        y = np.zeros((4, 2), "float32")
+        for name, shape in (("keepdims", "(4, 1)"), ("scalar", "()")):
+            loss = lossdsl.compile_loss(f"{name}(u0) + mse(u1)")
+            with pytest.raises(LossValidationError) as info:
+                loss.call(y, y)
+            assert info.value.message == (
+                f"{name}() returned shape {shape}; a loss must return one value per sample, "
+                "shape (4,)."
+            )
+            assert info.value.column == 1
+    finally:
+        lossdsl.unregister_loss("keepdims")
+        lossdsl.unregister_loss("scalar")
+
+
+@pytest.mark.parametrize(
+    ("signature", "message"),
+    [
+        ([None, None], "The units axis (the last) of y_true and y_pred must have a known size"),
+        (None, "y_true and y_pred must have a known rank when the loss is traced"),
+    ],
+    ids=["unknown-width", "unknown-rank"],
+)
+def test_unknown_shapes_at_trace_time_are_clear_errors(
+    signature: list | None, message: str
+) -> None:
+    loss = lossdsl.compile_loss("bce(u0) + mse(u5)")
+    spec = tf.TensorSpec(signature, tf.float32)
+    traced = tf.function(loss.call, input_signature=[spec, spec])
+    with pytest.raises(LossInputError) as info:
+        traced.get_concrete_function()
+    assert info.value.message.startswith(message)
+    assert "^^^^^^^^^^^^^^^^^" in str(info.value)  # the caret spans the formula
+
+
+def test_call_converts_input_dtypes_itself() -> None:
+    # Bypassing the Keras base class (which casts to the loss dtype), the program
+    # still computes in a float dtype: ints become floatx, float64 stays float64.
+    loss = lossdsl.compile_loss("mse(u0) + bce(u1)", units=2)
+    y_true = np.array([[1, 0], [0, 1]])
+    y_pred = np.array([[0.5, 0.25], [0.25, 0.75]])
+    out = loss.call(y_true, y_pred)
+    assert keras.backend.standardize_dtype(out.dtype) == "float64"
+    ref = (y_true[:, 0] - y_pred[:, 0]) ** 2 - (
+        y_true[:, 1] * np.log(y_pred[:, 1]) + (1 - y_true[:, 1]) * np.log(1 - y_pred[:, 1])
+    )
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    out32 = loss.call(y_true, y_pred.astype("float32"))
+    assert keras.backend.standardize_dtype(out32.dtype) == "float32"

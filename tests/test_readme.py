@@ -29,9 +29,18 @@ FORMULAS = [code for lang, code in BLOCKS if lang == "lossdsl"]
 
 
 @pytest.mark.parametrize("formula", FORMULAS, ids=[f"formula-{i}" for i in range(len(FORMULAS))])
-def test_formula_snippet_validates(formula: str) -> None:
+def test_formula_snippet_validates_and_computes(formula: str) -> None:
+    import numpy as np
+
     f = lossdsl.validate(formula, units=UNITS, params=PARAMS)
     assert lossdsl.parse(str(f)) == f
+    loss = lossdsl.compile_loss(formula, units=UNITS, params=PARAMS)
+    rng = np.random.default_rng(0)
+    y_true = (rng.uniform(size=(8, 9)) > 0.5).astype("float32")
+    y_pred = rng.uniform(0.05, 0.95, size=(8, 9)).astype("float32")
+    values = np.asarray(loss.call(y_true, y_pred))
+    assert values.shape == (8,)
+    assert np.isfinite(values).all()
 
 
 PYTHON = [

@@ -487,7 +487,8 @@ def test_saturated_inputs_are_finite(logits, mode):
     flag = ", from_logits=true" if logits else ""
     loss = lossdsl.compile_loss(
         f"bce(u[0:2]{flag}) + focal(u[0:2]{flag}) + focal(u[0:2], alpha=0.4{flag}) "
-        f"+ cce(u[2:5]{flag}, label_smoothing=0.1)"
+        f"+ cce(u[2:5]{flag}, label_smoothing=0.1) + focal(u[0:2], gamma=0.5{flag}) "
+        f"+ focal(u[0:2], gamma=0{flag})"
     )
     r = Ref(yt, yp)
     expected = (
@@ -495,9 +496,28 @@ def test_saturated_inputs_are_finite(logits, mode):
         + r("focal", "u[0:2]", from_logits=logits)
         + r("focal", "u[0:2]", alpha=0.4, apply_class_balancing=True, from_logits=logits)
         + r("cce", "u[2:5]", from_logits=logits, label_smoothing=0.1)
+        + r("focal", "u[0:2]", gamma=0.5, from_logits=logits)
+        + r("focal", "u[0:2]", gamma=0.0, from_logits=logits)
     )
     assert np.isfinite(expected).all()
     close(per_sample(loss, yt, yp, mode), expected)
     v, g = value_and_grad(loss.call, yt, yp, mode)
     assert np.isfinite(v)
     assert np.isfinite(g).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("i", range(len(BUILTINS)), ids=[case_id(c) for c in BUILTINS])
+def test_builtin_gradient_matches_keras(i, mode):
+    """d/dy_pred of each built-in loss equals the gradient of the Keras function itself."""
+    formula, kw, yt, yp = builtin(BUILTINS[i], seed=200 + i)
+    s = cols(BUILTINS[i][1])
+    keras_fn = getattr(keras.losses, KERAS[BUILTINS[i][0]])
+    got_v, got_g = value_and_grad(lossdsl.compile_loss(formula).call, yt, yp, mode)
+
+    def reference(t, p):
+        return keras_fn(t[:, s], p[:, s], **kw)
+
+    want_v, want_g = value_and_grad(reference, yt, yp, mode)
+    close(got_v, want_v, atol=0)
+    close(got_g, want_g, atol=1e-7)
