@@ -24,7 +24,9 @@ from lossdsl.spec import LossSpec
 from lossdsl.validate import validate
 
 if TYPE_CHECKING:
+    from lossdsl.callbacks import ParamSchedule
     from lossdsl.loss import FormulaLoss
+    from lossdsl.metrics import TermMetric
 
 __version__ = "0.1.0"
 
@@ -36,6 +38,8 @@ __all__ = [
     "LossSpec",
     "LossSyntaxError",
     "LossValidationError",
+    "ParamSchedule",
+    "TermMetric",
     "compile_loss",
     "parse",
     "register_loss",
@@ -49,10 +53,17 @@ __all__ = [
 _keras_hook.install()
 
 
-def __getattr__(name: str) -> Any:
-    # FormulaLoss subclasses keras.losses.Loss, so it loads Keras: only on use.
-    if name == "FormulaLoss":
-        from lossdsl.loss import FormulaLoss
+_LAZY = {
+    "FormulaLoss": "lossdsl.loss",
+    "TermMetric": "lossdsl.metrics",
+    "ParamSchedule": "lossdsl.callbacks",
+}
 
-        return FormulaLoss
+
+def __getattr__(name: str) -> Any:
+    # These subclass Keras classes, so they load Keras: only on first use.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")

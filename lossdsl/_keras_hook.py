@@ -20,10 +20,13 @@ from types import ModuleType
 
 __all__ = ["install"]
 
-_BACKEND_MODULES = ("lossdsl.loss",)
+# The modules that register classes with Keras (loss imports metrics).
+_BACKEND_MODULES = ("lossdsl.metrics", "lossdsl.loss")
 
 
 def _register() -> None:
+    if any(name in sys.modules for name in _BACKEND_MODULES):
+        return  # Keras was imported by one of them, which registers itself as it ends
     for name in _BACKEND_MODULES:
         importlib.import_module(name)
 

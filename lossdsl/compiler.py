@@ -33,8 +33,9 @@ from lossdsl import ast
 from lossdsl.catalog import LOSSES
 from lossdsl.errors import LossInputError, LossValidationError
 from lossdsl.validate import Checked
+from lossdsl.validate import has_data as _has_data
 
-__all__ = ["Program", "builtin_loss_fn"]
+__all__ = ["Program", "builtin_loss_fn", "split_term"]
 
 # Masked rows are replaced by these values before a where-term is computed. Any
 # finite value keeps the gradient clean (the outer `where` discards what the
@@ -341,6 +342,11 @@ class Program:
     # -- running --------------------------------------------------------------
 
     def __call__(self, y_true: Any, y_pred: Any, params: Mapping[str, Any] | None = None) -> Any:
+        ctx = self.context(y_true, y_pred, params)
+        return self.per_sample(self._root(ctx), ctx)
+
+    def context(self, y_true: Any, y_pred: Any, params: Mapping[str, Any] | None = None) -> _Ctx:
+        """Inputs cast to a float dtype and checked, ready for compiled closures."""
         y_true = ops.convert_to_tensor(y_true)
         y_pred = ops.convert_to_tensor(y_pred)
         dtype = _float_dtype(y_pred)
@@ -349,11 +355,52 @@ class Program:
         self.check_inputs(y_true, y_pred)
         values = {k: ops.cast(v, dtype) for k, v in (params or self.checked.params).items()}
         all_true = ops.ones_like(y_pred[..., 0], dtype="bool")
-        out = self._root(_Ctx(y_true, y_pred, dtype, values, all_true))
-        out = ops.cast(out, dtype)
-        if len(out.shape) == 0:  # a formula whose data terms are all where-free constants
-            out = out + ops.zeros_like(y_pred[..., 0])
+        return _Ctx(y_true, y_pred, dtype, values, all_true)
+
+    @staticmethod
+    def per_sample(value: Value, ctx: _Ctx) -> Any:
+        """``value`` as a tensor of the per-sample shape and dtype."""
+        out = ops.cast(value, ctx.dtype)
+        if len(out.shape) == 0:  # a constant: broadcast it to every sample
+            out = out + ops.zeros_like(ctx.y_pred[..., 0])
         return out
+
+    # -- terms, for metrics and custom loops ------------------------------------------
+
+    def term(self, index: int, *, weighted: bool = False) -> Callable[[_Ctx], tuple[Any, Any]]:
+        """For top-level term ``index``: a function giving per-sample
+        ``(numerator, denominator)``, so that a running ``sum(num*w) / sum(den*w)``
+        is the term's dataset-level value: its mean over all samples, or, for
+        ``T where C`` with ``where_mean="selected"``, the mean of ``T`` over the
+        samples where ``C`` holds. ``weighted`` multiplies in the term's sign,
+        numbers and parameters; otherwise they are left out (the raw loss)."""
+        t = self.checked.terms[index]
+        scalars, body, cond = split_term(t.expr)
+        body_fn = self._compile(body)
+        cond_fn = self._compile(cond) if cond is not None else None
+        scale_fns = [(op, self._compile(e)) for op, e in scalars]
+        sign = -1.0 if t.sign < 0 else 1.0
+        batch_mean = self.where_mean == "batch"
+
+        def run(ctx: _Ctx) -> tuple[Any, Any]:
+            ones = ops.cast(ctx.all_true, ctx.dtype)
+            if cond_fn is None:
+                num, den = self.per_sample(body_fn(ctx), ctx), ones
+            else:
+                m = cond_fn(ctx)
+                if _const(m) or len(m.shape) < len(ctx.all_true.shape):
+                    m = ops.logical_and(ctx.all_true, m)
+                value = ops.where(m, body_fn(ctx.masked(m)), 0.0)
+                num = ops.cast(value, ctx.dtype)
+                den = ones if batch_mean else ops.cast(m, ctx.dtype)
+            if weighted:
+                coef: Value = sign
+                for op, fn in scale_fns:
+                    coef = _binary(op, coef, fn(ctx))
+                num = num * coef
+            return num, ops.stop_gradient(den)
+
+        return run
 
     def check_inputs(self, y_true: Any, y_pred: Any) -> None:
         """Clear errors, at trace time, for inputs this formula cannot use."""
@@ -419,6 +466,41 @@ class Program:
                 span=self.checked.max_stop_span,
                 hint=f"select units below u{width}, or check the model's output width.",
             )
+
+
+def split_term(
+    expr: ast.Expr,
+) -> tuple[list[tuple[str, ast.Expr]], ast.Expr, ast.Cond | None]:
+    """A top-level term as ``(scalar factors, body, condition)``: the numbers,
+    parameters and signs that weight it, what remains, and its ``where``
+    condition if the term is one. ``-0.3*(mse(u1) where C)`` gives
+    ``([("*", -1), ("*", 0.3)], mse(u1), C)``."""
+    scalars: list[tuple[str, ast.Expr]] = []
+    cond: ast.Cond | None = None
+    node = expr
+    while True:
+        if isinstance(node, ast.Neg):
+            scalars.append(("*", ast.Number(-1.0)))
+            node = node.operand
+        elif isinstance(node, ast.Where) and cond is None:
+            cond = node.cond
+            node = node.term
+        elif isinstance(node, ast.Product):
+            data = [(op, e) for op, e in node.factors if _has_data(e)]
+            consts = [(op, e) for op, e in node.factors if not _has_data(e)]
+            if not consts or not data:
+                break
+            scalars.extend(consts)
+            if len(data) == 1 and data[0][0] == "*":
+                node = data[0][1]
+                continue
+            # Several per-sample factors, or one divided by: they stay the body.
+            head = data if data[0][0] == "*" else [("*", ast.Number(1.0)), *data]
+            node = ast.Product(tuple(head), span=node.span)
+            break
+        else:
+            break
+    return scalars, node, cond
 
 
 def _float_dtype(x: Any) -> str:

@@ -28,8 +28,9 @@ from typing import Any
 import keras
 
 from lossdsl import ast
-from lossdsl.compiler import Program
+from lossdsl.compiler import Program, split_term
 from lossdsl.errors import LossValidationError
+from lossdsl.metrics import ParamState, TermMetric, term_names
 from lossdsl.spec import LossSpec
 from lossdsl.validate import Checked, check
 
@@ -79,10 +80,10 @@ class FormulaLoss(keras.losses.Loss):
         )
         self._program = Program(self._checked, where_mean)
         self._values: dict[str, float] = dict(spec.params)
-        self._variables = {
-            k: keras.Variable(v, dtype=self.dtype, trainable=False, name=f"lossdsl_{k}")
-            for k, v in self._values.items()
-        }
+        # Metric variables, so that on JAX they can join the model's state (see
+        # term_metrics and ParamSchedule); on TF and torch any variable would do.
+        self._param_state = ParamState(self._values, name=f"{self.name}_params")
+        self._variables = self._param_state.values
 
     # -- the loss ---------------------------------------------------------------
 
@@ -104,6 +105,56 @@ class FormulaLoss(keras.losses.Loss):
             scope.get_current_value(v) is None for v in self._variables.values()
         ):
             self._params_captured = True
+
+    def per_sample(self, y_true: Any, y_pred: Any) -> Any:
+        """The loss of each sample, shape ``y_pred.shape[:-1]``, before
+        ``sample_weight`` and reduction: what ``call`` returns. For custom
+        training loops (``tf.GradientTape``, ``jax.grad``)."""
+        return self._program(y_true, y_pred, self._variables)
+
+    def terms(self, y_true: Any, y_pred: Any, *, weighted: bool = True) -> dict[str, Any]:
+        """Each top-level term's value on this batch, by its metric name.
+
+        With ``weighted=True`` (the default) the values add up to the loss,
+        ``loss(y_true, y_pred)`` with the default reduction: each is the batch
+        mean of the term's signed, weighted per-sample contribution. With
+        ``weighted=False`` each is the raw term: its mean over the batch, or over
+        the selected samples for a ``where`` term."""
+        ctx = self._program.context(y_true, y_pred, self._variables)
+        out = {}
+        for name, index in zip(self.term_names(), range(len(self._checked.terms)), strict=True):
+            num, den = self._program.term(index, weighted=weighted)(ctx)
+            out[name] = keras.ops.divide_no_nan(keras.ops.sum(num), keras.ops.sum(den))
+        return out
+
+    def term_names(self) -> list[str]:
+        """The metric names of the top-level terms: ``bce_presence``, ``mse_loc``, ..."""
+        return term_names([str(split_term(t.expr)[1]) for t in self._checked.terms])
+
+    def term_metrics(self, *, weighted: bool = False) -> list[TermMetric]:
+        """One Keras metric per top-level term, for ``compile(weighted_metrics=...)``.
+
+        By default each reports the raw term, without its numbers and parameters
+        (as Keras logs unweighted per-output losses); ``weighted=True`` reports
+        its signed, weighted contribution. A ``where`` term reports the mean over
+        the selected samples of the whole dataset. The metrics share this loss's
+        parameters, so they follow ``set_param``."""
+        spec = self._spec
+        names = self.term_names()
+        return [
+            TermMetric(
+                spec.expression,
+                term=i,
+                units=spec.units,
+                params=self._values,
+                where_mean=spec.where_mean,
+                allow_negative=spec.allow_negative,
+                weighted=weighted,
+                name=names[i],
+                param_state=self._param_state,
+            )
+            for i in range(len(self._checked.terms))
+        ]
 
     # -- parameters ---------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from lossdsl.catalog import ACCESSORS, LOSSES, MATH, check_identifier, function_
 from lossdsl.errors import LossDSLError, LossValidationError, Span
 from lossdsl.parser import parse
 
-__all__ = ["Checked", "Term", "UnitTable", "check", "unit_table", "validate"]
+__all__ = ["Checked", "Term", "UnitTable", "check", "has_data", "unit_table", "validate"]
 
 UnitsArg = int | Mapping[str, Any] | None
 
@@ -192,6 +192,11 @@ def _param_problems(
                 )
             )
     return out
+
+
+def has_data(node: ast.Node) -> bool:
+    """Whether ``node`` depends on ``y_true``/``y_pred`` (is not a constant)."""
+    return _has_data(node)
 
 
 class _Undefined(Exception):

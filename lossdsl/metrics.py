@@ -1,0 +1,177 @@
+"""Keras metrics for a formula: one per top-level term, and the parameter state.
+
+``FormulaLoss.term_metrics()`` returns a ``TermMetric`` per top-level term.
+Passed as ``model.compile(loss=loss, weighted_metrics=loss.term_metrics())``,
+``fit`` logs each term (and its ``val_`` twin). A metric keeps a running
+numerator and denominator, so a ``where`` term reports its dataset-level
+selected mean, ``sum(T*m*w) / sum(m*w)``, not a mean of batch means.
+
+``ParamState`` holds a loss's parameters in metric variables. On the JAX
+backend only variables that belong to the model's state change inside a
+compiled ``fit`` step; a metric's variables do, so a parameter held here
+follows ``set_param`` there too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+from keras import ops
+
+from lossdsl.compiler import Program, split_term
+from lossdsl.spec import LossSpec
+from lossdsl.validate import check
+
+__all__ = ["ParamState", "TermMetric", "term_names"]
+
+
+class ParamState(keras.metrics.Metric):
+    """A loss's parameters, as non-trainable metric variables.
+
+    Its ``result()`` is the current value of each parameter, so when it is among
+    a model's metrics the parameters appear in the training logs. It is never
+    reset between epochs.
+    """
+
+    def __init__(self, values: Mapping[str, float], name: str = "lossdsl_params") -> None:
+        super().__init__(name=name, dtype="float32")
+        self.values = {
+            k: self.add_variable(
+                shape=(), initializer=keras.initializers.Constant(float(v)), name=k
+            )
+            for k, v in values.items()
+        }
+
+    def update_state(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def reset_state(self) -> None:
+        pass  # parameters are state of the loss, not statistics of an epoch
+
+    def result(self) -> dict[str, Any]:
+        return {k: v.value for k, v in self.values.items()}
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "values": {k: float(ops.convert_to_numpy(v.value)) for k, v in self.values.items()},
+            "name": self.name,
+        }
+
+
+def _identifier(text: str) -> str:
+    name = re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_").lower()
+    return (name or "term")[:48].rstrip("_")
+
+
+def term_names(checked_terms: list[str]) -> list[str]:
+    """Identifier-safe, unique names for terms given as canonical text."""
+    names: list[str] = []
+    for text in checked_terms:
+        base = _identifier(text)
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+@keras.saving.register_keras_serializable(package="lossdsl")
+class TermMetric(keras.metrics.Metric):
+    """The running value of one top-level term of a formula.
+
+    Args:
+        expression, units, params, where_mean, allow_negative: the loss's spec.
+        term: index of the top-level term.
+        weighted: report the term's signed, weighted contribution (with its
+            numbers and parameters) instead of the raw term.
+        name, dtype: as for ``keras.metrics.Metric``.
+
+    The value is ``sum(num * w) / sum(den * w)`` over every batch seen, where
+    ``w`` is the sample weight and, per sample, ``num, den = T, 1`` for a plain
+    term and ``T * m, m`` for ``T where C`` (``T * m, 1`` with
+    ``where_mean="batch"``).
+    """
+
+    def __init__(
+        self,
+        expression: str,
+        *,
+        term: int,
+        units: int | Mapping[str, Any] | None = None,
+        params: Mapping[str, float] | None = None,
+        where_mean: str = "selected",
+        allow_negative: bool = False,
+        weighted: bool = False,
+        name: str | None = None,
+        dtype: Any = None,
+        param_state: ParamState | None = None,
+    ) -> None:
+        spec = LossSpec(
+            expression=expression,
+            units=dict(units) if isinstance(units, Mapping) else units,
+            params=dict(params or {}),
+            where_mean=where_mean,
+            allow_negative=allow_negative,
+        )
+        checked = check(
+            spec.formula, units=spec.units, params=spec.params, allow_negative=allow_negative
+        )
+        if not 0 <= term < len(checked.terms):
+            raise ValueError(f"term must be in [0, {len(checked.terms)}). Received: {term}.")
+        if name is None:
+            texts = [str(split_term(t.expr)[1]) for t in checked.terms]
+            name = term_names(texts)[term]
+        super().__init__(name=name, dtype=dtype or "float32")
+        self._spec = spec
+        self._term = term
+        self._weighted = weighted
+        self._program = Program(checked, where_mean)
+        self._parts = self._program.term(term, weighted=weighted)
+        # Shared with the loss when made by FormulaLoss.term_metrics(), so that
+        # the weights follow set_param (and, on JAX, live in the model's state).
+        self.param_state = param_state if param_state is not None else ParamState(spec.params)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        ctx = self._program.context(y_true, y_pred, self.param_state.values)
+        num, den = self._parts(ctx)
+        num, den = ops.cast(num, "float32"), ops.cast(den, "float32")
+        if sample_weight is not None:
+            w = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+            while len(w.shape) > len(num.shape):  # (batch, 1) weights
+                w = ops.squeeze(w, axis=-1)
+            num, den = num * w, den * w
+        self.total.assign_add(ops.sum(num))
+        self.count.assign_add(ops.sum(den))
+
+    def reset_state(self) -> None:
+        # Only the running sums: the parameters belong to the loss.
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def result(self) -> Any:
+        return ops.divide_no_nan(self.total, self.count)
+
+    def get_config(self) -> dict[str, Any]:
+        spec = self._spec
+        units = spec.units
+        if isinstance(units, Mapping):
+            units = {k: list(v) if isinstance(v, tuple) else v for k, v in units.items()}
+        params = {
+            k: float(ops.convert_to_numpy(v.value)) for k, v in self.param_state.values.items()
+        }
+        return {
+            "expression": spec.expression,
+            "term": self._term,
+            "units": units,
+            "params": params,
+            "where_mean": spec.where_mean,
+            "allow_negative": spec.allow_negative,
+            "weighted": self._weighted,
+            "name": self.name,
+            "dtype": self.dtype,
+        }
