@@ -30,6 +30,7 @@ import keras
 from keras import ops
 
 from lossdsl import ast
+from lossdsl._distribute import global_sum, replicas
 from lossdsl.catalog import LOSSES
 from lossdsl.errors import LossInputError, LossValidationError
 from lossdsl.validate import Checked
@@ -305,10 +306,10 @@ class Program:
             value = ops.where(m, value, 0.0)
             value = ops.cast(value, ctx.dtype)
             if selected:
-                # Counted in float32: float16 overflows past 65,504 samples and
-                # bfloat16 is inexact past 256.
-                count = ops.sum(ops.cast(m, "float32"))
-                n = ops.cast(ops.size(m), "float32")
+                # Counted in float32 (float16 overflows past 65,504 samples and
+                # bfloat16 is inexact past 256), over the global batch.
+                count = global_sum(ops.sum(ops.cast(m, "float32")))
+                n = global_sum(ops.cast(ops.size(m), "float32"))
                 scale = ops.cast(ops.divide_no_nan(n, count), ctx.dtype)
                 value = value * ops.stop_gradient(scale)
             return value
@@ -343,7 +344,15 @@ class Program:
 
     def __call__(self, y_true: Any, y_pred: Any, params: Mapping[str, Any] | None = None) -> Any:
         ctx = self.context(y_true, y_pred, params)
-        return self.per_sample(self._root(ctx), ctx)
+        out = self.per_sample(self._root(ctx), ctx)
+        r = replicas()
+        if r > 1:
+            # Under tf.distribute: weigh this replica's samples so that Keras's
+            # per-replica means add up to the global mean, even split or not.
+            n_local = ops.cast(ops.size(out), "float32")
+            factor = ops.divide_no_nan(n_local * float(r), global_sum(n_local))
+            out = out * ops.stop_gradient(ops.cast(factor, ctx.dtype))
+        return out
 
     def context(self, y_true: Any, y_pred: Any, params: Mapping[str, Any] | None = None) -> _Ctx:
         """Inputs cast to a float dtype and checked, ready for compiled closures."""
