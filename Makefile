@@ -1,11 +1,12 @@
 # Two commands on a fresh machine with only python3 and make:
 #   make demo   creates .venv, installs lossdsl, runs examples/lesion.py
 #   make test   creates .venv if needed, installs the dev extra, lints, runs the suite
+#               (TensorFlow, and JAX in subprocesses); make test-all adds torch
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint format clean
+.PHONY: demo test test-all lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +28,15 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The suite runs on TensorFlow; tests/test_backends.py and tests/test_distribute.py
+# run the same checks on JAX (and torch, when installed) in their own processes.
 test: lint
+	$(BIN)/python -m pytest
+
+# Also torch (CPU): exactly 2.13.0, which pip takes from a local file here; any
+# other version downloads a multi-GB CUDA build.
+test-all: lint
+	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pytest
 
 format: $(VENV)/.dev-installed

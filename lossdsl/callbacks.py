@@ -22,8 +22,9 @@ class ParamSchedule(keras.callbacks.Callback):
 
     Args:
         schedules: parameter name to a function of the epoch (0-based) giving its
-            value; with ``per_batch=True``, a function of the global step (the
-            number of batches trained so far) instead.
+            value; with ``per_batch=True``, a function of the global step instead:
+            the optimizer's iteration count, so resuming training resumes the
+            schedule.
         loss: the ``FormulaLoss`` to drive; by default the model's compiled loss.
         per_batch: set the parameters before every batch rather than every epoch.
 
@@ -45,7 +46,6 @@ class ParamSchedule(keras.callbacks.Callback):
         self.schedules = dict(schedules)
         self.per_batch = per_batch
         self._loss = loss
-        self._step = 0
         if loss is not None:
             self._check_names(loss)
 
@@ -85,9 +85,6 @@ class ParamSchedule(keras.callbacks.Callback):
         for name, fn in self.schedules.items():
             loss.set_param(name, fn(at))
 
-    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        self._step = 0
-
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if not self.per_batch:
             self._apply(epoch)
@@ -95,15 +92,14 @@ class ParamSchedule(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         if not self.per_batch:
             return
-        if keras.backend.backend() == "jax":
+        jax = keras.backend.backend() == "jax"
+        if jax:
             # Inside an epoch JAX keeps the state in the train loop; write it back
             # to the variables, change the parameters, and have it read again.
             self.model.jax_state_sync()
-            self._apply(self._step)
+        self._apply(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)))
+        if jax:
             self.model._jax_state_synced = True
-        else:
-            self._apply(self._step)
-        self._step += 1
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         if hasattr(self.model, "_lossdsl_param_state"):

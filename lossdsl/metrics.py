@@ -137,6 +137,10 @@ class TermMetric(keras.metrics.Metric):
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        # In the metric's dtype (float32), as the loss computes, even when the
+        # model outputs float16 or bfloat16 under a mixed-precision policy.
+        y_true = ops.cast(ops.convert_to_tensor(y_true), self.dtype)
+        y_pred = ops.cast(ops.convert_to_tensor(y_pred), self.dtype)
         ctx = self._program.context(y_true, y_pred, self.param_state.values)
         num, den = self._parts(ctx)
         num, den = ops.cast(num, "float32"), ops.cast(den, "float32")
