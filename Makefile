@@ -31,13 +31,13 @@ lint: $(VENV)/.dev-installed
 # The suite runs on TensorFlow; tests/test_backends.py and tests/test_distribute.py
 # run the same checks on JAX (and torch, when installed) in their own processes.
 test: lint
-	$(BIN)/python -m pytest
+	LOSSDSL_REQUIRE=jax $(BIN)/python -m pytest
 
 # Also torch (CPU): exactly 2.13.0, which pip takes from a local file here; any
 # other version downloads a multi-GB CUDA build.
 test-all: lint
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pytest
+	LOSSDSL_REQUIRE=jax,torch $(BIN)/python -m pytest
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff format .

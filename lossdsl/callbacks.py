@@ -102,8 +102,10 @@ class ParamSchedule(keras.callbacks.Callback):
             self.model._jax_state_synced = True
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
-        if hasattr(self.model, "_lossdsl_param_state"):
-            del self.model._lossdsl_param_state
+        # Leave the model as it was: the state joined its metrics only for fit.
+        state = self.model.__dict__.pop("_lossdsl_param_state", None)
+        if state is not None:
+            self.model._metrics[:] = [m for m in self.model._metrics if m is not state]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is not None:

@@ -101,8 +101,11 @@ class FormulaLoss(keras.losses.Loss):
         except ImportError:  # pragma: no cover - a Keras without this module
             return
         scope = get_stateless_scope()
-        if scope is not None and any(
-            scope.get_current_value(v) is None for v in self._variables.values()
+        # An empty mapping is Keras's symbolic build (shapes only), not a train step.
+        if (
+            scope is not None
+            and getattr(scope, "state_mapping", None)
+            and any(scope.get_current_value(v) is None for v in self._variables.values())
         ):
             self._params_captured = True
 
