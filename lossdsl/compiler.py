@@ -279,9 +279,7 @@ class Program:
             out = loss(ctx.columns(False, start, stop), ctx.columns(True, start, stop), **kwargs)
             want = tuple(ctx.all_true.shape)
             got = tuple(getattr(out, "shape", ()))
-            if len(got) != len(want) or any(
-                a is not None and b is not None and a != b for a, b in zip(got, want, strict=True)
-            ):
+            if _shapes_differ(got, want):
                 raise LossValidationError(
                     f"{node.name}() returned shape {got}; a loss must return one value per "
                     f"sample, shape {want}.",
@@ -435,9 +433,7 @@ class Program:
                 hint="a model with one output unit returns (batch, 1); reshape a (batch,) "
                 "output or label with keras.ops.expand_dims(x, -1).",
             )
-        if len(ts) != len(ps) or any(
-            a is not None and b is not None and a != b for a, b in zip(ts, ps, strict=True)
-        ):
+        if _shapes_differ(ts, ps):
             raise LossInputError(
                 f"y_true and y_pred must have the same shape. Received: y_true {ts} and "
                 f"y_pred {ps}.",
@@ -510,6 +506,13 @@ def split_term(
         else:
             break
     return scalars, node, cond
+
+
+def _shapes_differ(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Different ranks, or a dimension known in both that differs."""
+    return len(a) != len(b) or any(
+        x is not None and y is not None and x != y for x, y in zip(a, b, strict=True)
+    )
 
 
 def _float_dtype(x: Any) -> str:

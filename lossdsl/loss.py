@@ -65,13 +65,7 @@ class FormulaLoss(keras.losses.Loss):
         reduction: str | None = "sum_over_batch_size",
         dtype: Any = None,
     ) -> None:
-        spec = LossSpec(
-            expression=expression,
-            units=dict(units) if isinstance(units, Mapping) else units,
-            params=dict(params or {}),
-            where_mean=where_mean,
-            allow_negative=allow_negative,
-        )
+        spec = LossSpec.of(expression, units, params, where_mean, allow_negative)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._spec = spec
         self._dtype_arg = dtype if dtype is None or isinstance(dtype, str) else self.dtype
@@ -224,16 +218,10 @@ class FormulaLoss(keras.losses.Loss):
         return self._program.where_mean
 
     def get_config(self) -> dict[str, Any]:
-        units = self._spec.units
-        if isinstance(units, Mapping):
-            units = {k: list(v) if isinstance(v, tuple) else v for k, v in units.items()}
         return {
             **super().get_config(),
-            "expression": self._spec.expression,
-            "units": units,
+            **self._spec.config(),
             "params": dict(self._values),
-            "where_mean": self._spec.where_mean,
-            "allow_negative": self._spec.allow_negative,
             "dtype": self._dtype_arg,
         }
 

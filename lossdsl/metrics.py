@@ -109,13 +109,7 @@ class TermMetric(keras.metrics.Metric):
         dtype: Any = None,
         param_state: ParamState | None = None,
     ) -> None:
-        spec = LossSpec(
-            expression=expression,
-            units=dict(units) if isinstance(units, Mapping) else units,
-            params=dict(params or {}),
-            where_mean=where_mean,
-            allow_negative=allow_negative,
-        )
+        spec = LossSpec.of(expression, units, params, where_mean, allow_negative)
         checked = check(
             spec.formula, units=spec.units, params=spec.params, allow_negative=allow_negative
         )
@@ -161,20 +155,11 @@ class TermMetric(keras.metrics.Metric):
         return ops.divide_no_nan(self.total, self.count)
 
     def get_config(self) -> dict[str, Any]:
-        spec = self._spec
-        units = spec.units
-        if isinstance(units, Mapping):
-            units = {k: list(v) if isinstance(v, tuple) else v for k, v in units.items()}
-        params = {
-            k: float(ops.convert_to_numpy(v.value)) for k, v in self.param_state.values.items()
-        }
+        values = self.param_state.values
         return {
-            "expression": spec.expression,
+            **self._spec.config(),
+            "params": {k: float(ops.convert_to_numpy(v.value)) for k, v in values.items()},
             "term": self._term,
-            "units": units,
-            "params": params,
-            "where_mean": spec.where_mean,
-            "allow_negative": spec.allow_negative,
             "weighted": self._weighted,
             "name": self.name,
             "dtype": self.dtype,

@@ -182,6 +182,37 @@ class LossSpec(BaseModel):
         """The parsed formula."""
         return self._formula
 
+    @classmethod
+    def of(
+        cls,
+        expression: str,
+        units: int | Mapping[str, Any] | None = None,
+        params: Mapping[str, float] | None = None,
+        where_mean: str = "selected",
+        allow_negative: bool = False,
+    ) -> LossSpec:
+        """A spec from ``FormulaLoss``-style arguments (any mapping, ``None`` params)."""
+        return cls(
+            expression=expression,
+            units=dict(units) if isinstance(units, Mapping) else units,
+            params=dict(params or {}),
+            where_mean=where_mean,
+            allow_negative=allow_negative,
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The fields as plain JSON (slices as lists), for Keras ``get_config``."""
+        units: Any = self.units
+        if isinstance(units, Mapping):
+            units = {k: list(v) if isinstance(v, tuple) else v for k, v in units.items()}
+        return {
+            "expression": self.expression,
+            "units": units,
+            "params": dict(self.params),
+            "where_mean": self.where_mean,
+            "allow_negative": self.allow_negative,
+        }
+
 
 def _plain(params: Mapping[str, Any]) -> dict[str, float]:
     """Parameters as Python floats (numpy scalars included, already checked)."""
