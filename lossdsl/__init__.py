@@ -18,6 +18,7 @@ from lossdsl import _keras_hook
 from lossdsl.api import compile_loss
 from lossdsl.ast import Formula
 from lossdsl.catalog import register_loss, unregister_loss
+from lossdsl.config import load_spec
 from lossdsl.errors import LossDSLError, LossInputError, LossSyntaxError, LossValidationError
 from lossdsl.parser import parse
 from lossdsl.spec import LossSpec
@@ -41,6 +42,7 @@ __all__ = [
     "ParamSchedule",
     "TermMetric",
     "compile_loss",
+    "load_spec",
     "parse",
     "register_loss",
     "unregister_loss",

@@ -92,6 +92,10 @@ class LossDSLError(ValueError):
         self.source = source
         self.span = span
         self.hint = hint
+        self.origin: str | None = None
+        """Where the formula came from, such as ``config.yaml, key training.loss``."""
+        self.origin_line: int | None = None
+        """The line of that file where the formula's first line stands (1-based)."""
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (type(self), self.message, self.source, self.span, self.hint))
@@ -101,6 +105,15 @@ class LossDSLError(ValueError):
         the parser only know offsets)."""
         if self.source is None:
             self.source = source
+        return self
+
+    def in_file(self, origin: str, first_line: int | None) -> LossDSLError:
+        """Say which file (and key) the formula came from, and on which line of
+        that file it starts, so that the message points into the file."""
+        self.origin, self.origin_line = origin, first_line
+        for e in getattr(self, "errors", ()):
+            if e is not self:
+                e.in_file(origin, first_line)
         return self
 
     def _position(self, offset: int | None) -> tuple[int, int] | tuple[None, None]:
@@ -127,8 +140,14 @@ class LossDSLError(ValueError):
     def location(self) -> str:
         """``line L, column C:`` and the caret, or ``""`` without a span."""
         if self.source is None or self.span is None:
-            return ""
-        return f"  line {self.line}, column {self.column}:\n{render_caret(self.source, self.span)}"
+            return f"  in {self.origin}" if self.origin else ""
+        where = f"line {self.line}, column {self.column}"
+        if self.origin:
+            in_file = ""
+            if self.origin_line:
+                in_file = f", line {self.origin_line + (self.line or 1) - 1} of the file"
+            where = f"{self.origin}{in_file}; formula {where}"
+        return f"  {where}:\n{render_caret(self.source, self.span)}"
 
     def __str__(self) -> str:
         parts = [self.message]

@@ -31,6 +31,10 @@ import lossdsl
 spec = lossdsl.LossSpec(expression="alpha*bce(p) + mse(loc) where true(p) == 1",
                         units={{"p": 0, "loc": 1}}, params={{"alpha": 0.5}})
 lossdsl.validate(lossdsl.parse("mse(u0)"), units=1)
+import pathlib, tempfile
+cfg = pathlib.Path(tempfile.mkdtemp()) / "c.yaml"
+cfg.write_text("loss: {{expression: 'mse(u0)', units: 1}}")
+lossdsl.load_spec(cfg, key="loss")
 try:
     lossdsl.validate("bec(u0)", units=1)
 except lossdsl.LossValidationError as e:
