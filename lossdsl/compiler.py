@@ -33,10 +33,9 @@ from lossdsl import ast
 from lossdsl._distribute import global_sum, replicas
 from lossdsl.catalog import LOSSES
 from lossdsl.errors import LossInputError, LossValidationError
-from lossdsl.validate import Checked
-from lossdsl.validate import has_data as _has_data
+from lossdsl.validate import Checked, split_term
 
-__all__ = ["Program", "builtin_loss_fn", "split_term"]
+__all__ = ["Program", "builtin_loss_fn"]
 
 # Masked rows are replaced by these values before a where-term is computed. Any
 # finite value keeps the gradient clean (the outer `where` discards what the
@@ -471,41 +470,6 @@ class Program:
                 span=self.checked.max_stop_span,
                 hint=f"select units below u{width}, or check the model's output width.",
             )
-
-
-def split_term(
-    expr: ast.Expr,
-) -> tuple[list[tuple[str, ast.Expr]], ast.Expr, ast.Cond | None]:
-    """A top-level term as ``(scalar factors, body, condition)``: the numbers,
-    parameters and signs that weight it, what remains, and its ``where``
-    condition if the term is one. ``-0.3*(mse(u1) where C)`` gives
-    ``([("*", -1), ("*", 0.3)], mse(u1), C)``."""
-    scalars: list[tuple[str, ast.Expr]] = []
-    cond: ast.Cond | None = None
-    node = expr
-    while True:
-        if isinstance(node, ast.Neg):
-            scalars.append(("*", ast.Number(-1.0)))
-            node = node.operand
-        elif isinstance(node, ast.Where) and cond is None:
-            cond = node.cond
-            node = node.term
-        elif isinstance(node, ast.Product):
-            data = [(op, e) for op, e in node.factors if _has_data(e)]
-            consts = [(op, e) for op, e in node.factors if not _has_data(e)]
-            if not consts or not data:
-                break
-            scalars.extend(consts)
-            if len(data) == 1 and data[0][0] == "*":
-                node = data[0][1]
-                continue
-            # Several per-sample factors, or one divided by: they stay the body.
-            head = data if data[0][0] == "*" else [("*", ast.Number(1.0)), *data]
-            node = ast.Product(tuple(head), span=node.span)
-            break
-        else:
-            break
-    return scalars, node, cond
 
 
 def _shapes_differ(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

@@ -28,11 +28,11 @@ from typing import Any
 import keras
 
 from lossdsl import ast
-from lossdsl.compiler import Program, split_term
+from lossdsl.compiler import Program
 from lossdsl.errors import LossValidationError
 from lossdsl.metrics import ParamState, TermMetric, term_names
 from lossdsl.spec import LossSpec
-from lossdsl.validate import Checked, check
+from lossdsl.validate import Checked, check, split_term
 
 __all__ = ["FormulaLoss"]
 

@@ -21,9 +21,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from lossdsl.compiler import Program, split_term
+from lossdsl.compiler import Program
 from lossdsl.spec import LossSpec
-from lossdsl.validate import check
+from lossdsl.validate import check, split_term
 
 __all__ = ["ParamState", "TermMetric", "term_names"]
 

@@ -33,7 +33,17 @@ from lossdsl.catalog import ACCESSORS, LOSSES, MATH, check_identifier, function_
 from lossdsl.errors import LossDSLError, LossValidationError, Span
 from lossdsl.parser import parse
 
-__all__ = ["Checked", "Term", "UnitTable", "check", "has_data", "unit_table", "validate"]
+__all__ = [
+    "Checked",
+    "Term",
+    "UnitTable",
+    "check",
+    "constant_value",
+    "has_data",
+    "split_term",
+    "unit_table",
+    "validate",
+]
 
 UnitsArg = int | Mapping[str, Any] | None
 
@@ -706,6 +716,51 @@ class _Checker:
                 yield node, origin, coef
         else:
             yield node, origin, coef
+
+
+def split_term(
+    expr: ast.Expr,
+) -> tuple[list[tuple[str, ast.Expr]], ast.Expr, ast.Cond | None]:
+    """A top-level term as ``(scalar factors, body, condition)``: the numbers,
+    parameters and signs that weight it, what remains, and its ``where``
+    condition if the term is one. ``-0.3*(mse(u1) where C)`` gives
+    ``([("*", -1), ("*", 0.3)], mse(u1), C)``."""
+    scalars: list[tuple[str, ast.Expr]] = []
+    cond: ast.Cond | None = None
+    node = expr
+    while True:
+        if isinstance(node, ast.Neg):
+            scalars.append(("*", ast.Number(-1.0)))
+            node = node.operand
+        elif isinstance(node, ast.Where) and cond is None:
+            cond = node.cond
+            node = node.term
+        elif isinstance(node, ast.Product):
+            data = [(op, e) for op, e in node.factors if _has_data(e)]
+            consts = [(op, e) for op, e in node.factors if not _has_data(e)]
+            if not consts or not data:
+                break
+            scalars.extend(consts)
+            if len(data) == 1 and data[0][0] == "*":
+                node = data[0][1]
+                continue
+            # Several per-sample factors, or one divided by: they stay the body.
+            head = data if data[0][0] == "*" else [("*", ast.Number(1.0)), *data]
+            node = ast.Product(tuple(head), span=node.span)
+            break
+        else:
+            break
+    return scalars, node, cond
+
+
+def constant_value(node: ast.Expr, params: Mapping[str, float]) -> float:
+    """The value of a constant expression (numbers, parameters, math on them)."""
+    try:
+        return _evaluate(node, params)
+    except _Undefined as u:
+        raise LossValidationError(
+            u.message or f"{node} is not a constant.", span=node.span
+        ) from None
 
 
 def _top_terms(expr: ast.Expr) -> tuple[Term, ...]:

@@ -1,0 +1,263 @@
+"""The ``lossdsl`` command line (also ``python -m lossdsl``).
+
+    lossdsl check FORMULA [--units N|JSON] [--params JSON] [--json]
+    lossdsl check --config FILE [--key K] [--json]
+    lossdsl check --stdin [--units ...] [--params ...]     # one formula a line, JSON out
+    lossdsl fmt FORMULA
+    lossdsl explain FORMULA [--units ...] [--params ...]
+    lossdsl schema
+    lossdsl eval FORMULA --y-true a.npy --y-pred b.npy [--units ...] [--params ...]
+
+Exit status: 0 valid, 1 invalid (the caret message on stderr), 2 usage error.
+Only ``eval`` imports Keras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from lossdsl import ast
+from lossdsl.config import load_spec
+from lossdsl.errors import LossDSLError
+from lossdsl.spec import LossSpec
+from lossdsl.validate import Checked, check, constant_value, split_term
+
+__all__ = ["main"]
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Usage(f"{self.prog}: {message}")
+
+
+def _json_arg(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return int(text) if what == "units" and text.strip().isdigit() else json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _Usage(f"--{what} must be JSON: {e}") from None
+
+
+def _spec_from(args: argparse.Namespace) -> LossSpec:
+    if args.config:
+        if args.formula:
+            raise _Usage("give a FORMULA or --config, not both")
+        return load_spec(args.config, key=args.key)
+    if not args.formula:
+        raise _Usage("a FORMULA (or --config FILE, or --stdin) is needed")
+    return LossSpec.model_validate(
+        {
+            "expression": args.formula,
+            "units": _json_arg(args.units, "units"),
+            "params": _json_arg(args.params, "params") or {},
+            "where_mean": args.where_mean,
+        }
+    )
+
+
+def _error_json(e: LossDSLError) -> list[dict[str, Any]]:
+    return [
+        {
+            "message": err.message,
+            "line": err.line,
+            "column": err.column,
+            "end_column": err.end_column,
+            "hint": err.hint,
+        }
+        for err in getattr(e, "errors", [e])
+    ]
+
+
+def _check_one(spec_data: dict[str, Any]) -> dict[str, Any]:
+    try:
+        LossSpec.model_validate(spec_data)
+    except LossDSLError as e:
+        return {"valid": False, "errors": _error_json(e)}
+    return {"valid": True, "errors": []}
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    if args.stdin:
+        units, params = _json_arg(args.units, "units"), _json_arg(args.params, "params") or {}
+        ok = True
+        for line in sys.stdin:
+            formula = line.rstrip("\n")
+            result = _check_one({"expression": formula, "units": units, "params": params})
+            ok = ok and result["valid"]
+            sys.stdout.write(json.dumps(result) + "\n")
+        return 0 if ok else 1
+    try:
+        _spec_from(args)
+    except LossDSLError as e:
+        if args.json:
+            print(json.dumps({"valid": False, "errors": _error_json(e)}))
+        else:
+            print(e, file=sys.stderr)
+        return 1
+    print(json.dumps({"valid": True, "errors": []}) if args.json else "valid")
+    return 0
+
+
+def _cmd_fmt(args: argparse.Namespace) -> int:
+    from lossdsl.parser import parse
+
+    print(parse(args.formula))
+    return 0
+
+
+def _parenthesised(node: ast.Node) -> str:
+    """Every operation in parentheses, so a reader sees exactly how it bound."""
+    if isinstance(node, ast.Sum):
+        out = _parenthesised(node.terms[0][1])
+        for op, e in node.terms[1:]:
+            out += f" {op} {_parenthesised(e)}"
+        return f"({out})"
+    if isinstance(node, ast.Product):
+        out = _parenthesised(node.factors[0][1])
+        for op, e in node.factors[1:]:
+            out += f" {op} {_parenthesised(e)}"
+        return f"({out})"
+    if isinstance(node, ast.Where):
+        return f"({_parenthesised(node.term)} where {_parenthesised(node.cond)})"
+    if isinstance(node, ast.Neg):
+        return f"(-{_parenthesised(node.operand)})"
+    if isinstance(node, ast.Compare):
+        return f"({_parenthesised(node.left)} {node.op} {_parenthesised(node.right)})"
+    if isinstance(node, ast.And | ast.Or):
+        word = " and " if isinstance(node, ast.And) else " or "
+        return "(" + word.join(_parenthesised(c) for c in node.items) + ")"
+    if isinstance(node, ast.Not):
+        return f"(not {_parenthesised(node.operand)})"
+    if isinstance(node, ast.Call):
+        args = [_parenthesised(a) for a in node.args]
+        args += [f"{k.name}={k.value}" for k in node.kwargs]
+        return f"{node.name}({', '.join(args)})"
+    return str(node)
+
+
+def _explain_rows(checked: Checked, where_mean: str) -> list[dict[str, str]]:
+    rows = []
+    for t in checked.terms:
+        scalars, body, cond = split_term(t.expr)
+        weight = float(t.sign)
+        for op, e in scalars:
+            v = constant_value(e, checked.params)
+            weight = weight / v if op == "/" else weight * v
+        calls = [n for n in ast.walk(body) if isinstance(n, ast.Call)]
+        functions = sorted({c.name for c in calls})
+        units = sorted({str(c.args[0]) for c in calls if c.args and c.name not in ("abs",)})
+        rows.append(
+            {
+                "sign": "-" if weight < 0 else "+",
+                "weight": ast.format_number(abs(weight)),
+                "term": str(body),
+                "functions": ", ".join(functions) or "-",
+                "units": ", ".join(units) or "-",
+                "condition": str(cond) if cond is not None else "-",
+                "normalisation": (
+                    ("mean over selected samples" if where_mean == "selected" else "sum / batch")
+                    if cond is not None
+                    else "mean over the batch"
+                ),
+            }
+        )
+    return rows
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    spec = _spec_from(args)
+    checked = check(spec.formula, units=spec.units, params=spec.params)
+    print(_parenthesised(spec.formula.expr))
+    rows = _explain_rows(checked, spec.where_mean)
+    headers = list(rows[0])
+    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
+    print()
+    print("  ".join(h.ljust(widths[h]) for h in headers).rstrip())
+    for r in rows:
+        print("  ".join(r[h].ljust(widths[h]) for h in headers).rstrip())
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(LossSpec.model_json_schema(), indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    spec = _spec_from(args)
+    import numpy as np
+
+    from lossdsl.api import compile_loss
+
+    try:
+        y_true, y_pred = np.load(args.y_true), np.load(args.y_pred)
+    except (OSError, ValueError) as e:
+        raise _Usage(f"cannot read the arrays: {e}") from None
+    loss = compile_loss(spec)
+    out = {"loss": float(loss(y_true, y_pred))}
+    out.update({k: float(v) for k, v in loss.terms(y_true, y_pred).items()})
+    print(json.dumps(out))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lossdsl", description="Check, format and explain lossdsl formulas.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def spec_args(p: argparse.ArgumentParser, config: bool = True) -> None:
+        p.add_argument("formula", nargs="?", help="the formula text")
+        p.add_argument("--units", help="output width (N) or JSON mapping of names")
+        p.add_argument("--params", help="JSON mapping of parameter names to numbers")
+        p.add_argument("--where-mean", default="selected", choices=["selected", "batch"])
+        if config:
+            p.add_argument("--config", help="a YAML, TOML or JSON file holding the spec")
+            p.add_argument("--key", help="dotted path to the spec inside --config")
+
+    p = sub.add_parser("check", help="validate a formula (exit 0 valid, 1 invalid)")
+    spec_args(p)
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--stdin", action="store_true", help="one formula per input line, JSON out")
+    p.set_defaults(run=_cmd_check)
+
+    p = sub.add_parser("fmt", help="print the canonical text")
+    p.add_argument("formula")
+    p.set_defaults(run=_cmd_fmt)
+
+    p = sub.add_parser("explain", help="show how the formula bound, term by term")
+    spec_args(p)
+    p.set_defaults(run=_cmd_explain)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a loss spec")
+    p.set_defaults(run=_cmd_schema)
+
+    p = sub.add_parser("eval", help="the loss and each term on saved arrays (loads Keras)")
+    spec_args(p)
+    p.add_argument("--y-true", required=True)
+    p.add_argument("--y-pred", required=True)
+    p.set_defaults(run=_cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+        status: int = args.run(args)
+        return status
+    except _Usage as e:
+        print(e, file=sys.stderr)
+        return 2
+    except LossDSLError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except SystemExit as e:  # --help
+        return int(e.code or 0)

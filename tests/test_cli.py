@@ -1,0 +1,156 @@
+"""The command line: exit codes, JSON output, --stdin, fmt, explain, schema,
+eval, and no Keras except for eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lossdsl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lossdsl", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=300,
+        check=False,
+    )
+
+
+def test_check_valid_and_invalid() -> None:
+    ok = lossdsl("check", "bce(p) + mse(loc) where true(p) == 1", "--units", '{"p": 0, "loc": 1}')
+    assert (ok.returncode, ok.stdout.strip()) == (0, "valid")
+    bad = lossdsl("check", "bce(u0) + mse(u9)", "--units", "2")
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("u9 is out of range: the output has 2 units (u0..u1).")
+    assert "    bce(u0) + mse(u9)\n                  ^^" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("check",), ("check", "mse(u0)", "--units", "{bad json"), ("nonsense",)],
+    ids=["no-command", "no-formula", "bad-json", "unknown-command"],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
+    assert lossdsl(*args).returncode == 2
+
+
+def test_check_json() -> None:
+    out = lossdsl("check", "bec(u0) + huber(u1, delt=1)", "--units", "2", "--json")
+    assert out.returncode == 1
+    result = json.loads(out.stdout)
+    assert result["valid"] is False
+    assert result["errors"] == [
+        {
+            "message": "Unknown function 'bec'. Did you mean 'bce'?",
+            "line": 1,
+            "column": 1,
+            "end_column": 4,
+            "hint": result["errors"][0]["hint"],
+        },
+        {
+            "message": "huber() has no keyword 'delt'. Did you mean 'delta'?",
+            "line": 1,
+            "column": 21,
+            "end_column": 27,
+            "hint": "huber() accepts: delta.",
+        },
+    ]
+
+
+def test_check_stdin_one_json_object_per_line() -> None:
+    formulas = ["mse(u0)", "bec(u0)", "mse(u0", "alpha*mse(u1)"]
+    out = lossdsl(
+        "check", "--stdin", "--units", "2", "--params", '{"alpha": 1}', stdin="\n".join(formulas)
+    )
+    assert out.returncode == 1
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["valid"] for r in results] == [True, False, False, True]
+    assert results[2]["errors"][0]["message"] == "Unclosed '(': the formula ends before its ')'."
+
+
+def test_check_config_file() -> None:
+    out = lossdsl("check", "--config", "examples/config.yaml", "--key", "training.loss")
+    assert (out.returncode, out.stdout.strip()) == (0, "valid")
+    missing = lossdsl("check", "--config", "examples/config.yaml", "--key", "training.los")
+    assert missing.returncode == 1 and "Did you mean 'loss'?" in missing.stderr
+
+
+def test_fmt_and_explain() -> None:
+    assert lossdsl("fmt", "0.7*bce(u0)+0.3*mse(u1)where pred(u0)>=.5").stdout == (
+        "0.7 * bce(u0) + 0.3 * mse(u1) where pred(u0) >= 0.5\n"
+    )
+    out = lossdsl("explain", "0.7*bce(u0) + 0.3*mse(u1) where pred(u0) >= 0.5", "--units", "2")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "((0.7 * bce(u0)) + ((0.3 * mse(u1)) where (pred(u0) >= 0.5)))"
+    assert lines[2].split() == [
+        "sign",
+        "weight",
+        "term",
+        "functions",
+        "units",
+        "condition",
+        "normalisation",
+    ]
+    assert lines[3].split()[:6] == ["+", "0.7", "bce(u0)", "bce", "u0", "-"]
+    assert "pred(u0) >= 0.5" in lines[4] and "mean over selected samples" in lines[4]
+
+
+def test_schema() -> None:
+    schema = json.loads(lossdsl("schema").stdout)
+    assert set(schema["properties"]) >= {"expression", "units", "params"}
+
+
+def test_eval(tmp_path: Path) -> None:
+    y_true = np.array([[1.0, 2.0], [0.0, 5.0], [1.0, 1.0]], "float32")
+    y_pred = np.array([[0.8, 1.0], [0.3, 0.0], [0.6, 2.0]], "float32")
+    np.save(tmp_path / "t.npy", y_true)
+    np.save(tmp_path / "p.npy", y_pred)
+    out = lossdsl(
+        "eval", "bce(u0) + mse(u1) where true(u0) == 1", "--units", "2",
+        "--y-true", str(tmp_path / "t.npy"), "--y-pred", str(tmp_path / "p.npy"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    p, t = y_pred[:, 0].astype("float64"), y_true[:, 0]
+    bce = -(t * np.log(p) + (1 - t) * np.log(1 - p)).mean()
+    mse = ((y_true[[0, 2], 1] - y_pred[[0, 2], 1]) ** 2).mean()
+    assert result["bce_u0"] == pytest.approx(bce, rel=1e-5)
+    assert result["mse_u1"] == pytest.approx(mse, rel=1e-5)
+    assert result["loss"] == pytest.approx(bce + mse, rel=1e-5)
+
+
+def test_only_eval_imports_keras() -> None:
+    code = """
+import sys, io, contextlib
+from lossdsl.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    main(["check", "mse(u0)", "--units", "1"])
+    main(["check", "bec(u0)", "--json"])
+    main(["fmt", "mse(u0)"])
+    main(["explain", "mse(u0)"])
+    main(["schema"])
+print(sorted({m.split(".")[0] for m in sys.modules} & {"keras", "tensorflow", "jax", "torch"}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
