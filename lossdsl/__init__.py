@@ -20,6 +20,7 @@ from lossdsl.ast import Formula
 from lossdsl.catalog import register_loss, unregister_loss
 from lossdsl.config import load_spec
 from lossdsl.errors import LossDSLError, LossInputError, LossSyntaxError, LossValidationError
+from lossdsl.lints import LossDSLWarning
 from lossdsl.parser import parse
 from lossdsl.spec import LossSpec
 from lossdsl.validate import validate
@@ -35,6 +36,7 @@ __all__ = [
     "Formula",
     "FormulaLoss",
     "LossDSLError",
+    "LossDSLWarning",
     "LossInputError",
     "LossSpec",
     "LossSyntaxError",

@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 
 from lossdsl import ast
 from lossdsl.config import load_spec
-from lossdsl.errors import LossDSLError
+from lossdsl.errors import LossDSLError, LossValidationError
+from lossdsl.lints import lint
 from lossdsl.spec import LossSpec
 from lossdsl.validate import Checked, check, constant_value, split_term
 
@@ -77,12 +78,23 @@ def _error_json(e: LossDSLError) -> list[dict[str, Any]]:
     ]
 
 
-def _check_one(spec_data: dict[str, Any]) -> dict[str, Any]:
+def _lints_of(spec: LossSpec) -> list[LossDSLError]:
+    checked = check(
+        spec.formula, units=spec.units, params=spec.params, allow_negative=spec.allow_negative
+    )
+    return [e.with_source(spec.formula.text()) for e in lint(checked)]
+
+
+def _check_one(spec_data: dict[str, Any], strict: bool) -> dict[str, Any]:
     try:
-        LossSpec.model_validate(spec_data)
+        spec = LossSpec.model_validate(spec_data)
     except LossDSLError as e:
-        return {"valid": False, "errors": _error_json(e)}
-    return {"valid": True, "errors": []}
+        return {"valid": False, "errors": _error_json(e), "warnings": []}
+    found = _lints_of(spec)
+    lints = [item for e in found for item in _error_json(e)]
+    if strict and found:
+        return {"valid": False, "errors": lints, "warnings": []}
+    return {"valid": True, "errors": [], "warnings": lints}
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -91,19 +103,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
         ok = True
         for line in sys.stdin:
             formula = line.rstrip("\n")
-            result = _check_one({"expression": formula, "units": units, "params": params})
+            result = _check_one(
+                {"expression": formula, "units": units, "params": params}, args.strict
+            )
             ok = ok and result["valid"]
             sys.stdout.write(json.dumps(result) + "\n")
         return 0 if ok else 1
     try:
-        _spec_from(args)
+        spec = _spec_from(args)
+        found = _lints_of(spec)
+        if args.strict and found:
+            raise LossValidationError.collect(found)
     except LossDSLError as e:
         if args.json:
-            print(json.dumps({"valid": False, "errors": _error_json(e)}))
+            print(json.dumps({"valid": False, "errors": _error_json(e), "warnings": []}))
         else:
             print(e, file=sys.stderr)
         return 1
-    print(json.dumps({"valid": True, "errors": []}) if args.json else "valid")
+    if args.json:
+        warned = [item for w in found for item in _error_json(w)]
+        print(json.dumps({"valid": True, "errors": [], "warnings": warned}))
+    else:
+        for w in found:
+            print(f"warning: {w}", file=sys.stderr)
+        print("valid")
     return 0
 
 
@@ -226,6 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     spec_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--stdin", action="store_true", help="one formula per input line, JSON out")
+    p.add_argument("--strict", action="store_true", help="treat lints (LD101 ...) as errors")
     p.set_defaults(run=_cmd_check)
 
     p = sub.add_parser("fmt", help="print the canonical text")

@@ -830,6 +830,7 @@ def validate(
     units: UnitsArg,
     params: Mapping[str, Any] | None = None,
     allow_negative: bool = False,
+    strict: bool = False,
 ) -> ast.Formula:
     """Check ``formula`` against the output's ``units`` and the ``params``.
 
@@ -840,8 +841,14 @@ def validate(
             when the loss is called (names are then unavailable).
         params: parameter names to finite float values.
         allow_negative: accept terms with negative constant weights.
+        strict: raise the lints (``LD101`` ...) as errors instead of warning
+            with them (see ``lossdsl.lints``).
 
     Returns the parsed ``Formula``. Raises ``LossSyntaxError`` or
     ``LossValidationError`` listing every problem, each with its caret.
     """
-    return check(formula, units=units, params=params, allow_negative=allow_negative).formula
+    from lossdsl.lints import report
+
+    checked = check(formula, units=units, params=params, allow_negative=allow_negative)
+    report(checked, strict=strict)
+    return checked.formula
