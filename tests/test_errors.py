@@ -160,11 +160,22 @@ def test_deep_but_allowed_nesting_parses() -> None:
 
 
 def test_long_flat_formula_does_not_recurse() -> None:
-    # 2,000 terms within the length limit: the AST is wide, not deep.
-    formula = "+".join(["mse(u0)"] * 1200)
+    # 1,000 terms within the length limit: the AST is wide, not deep.
+    formula = "+".join(["mse(u0)"] * 1000)
     f = lossdsl.validate(formula, units=1)
-    assert len(f.expr.terms) == 1200
+    assert len(f.expr.terms) == 1000
     assert lossdsl.parse(str(f)) == f
+
+
+@pytest.mark.parametrize(
+    "formula",
+    ["+".join(["mse(u0)"] * 1001), "+".join(["(" + "+".join(["u0"] * 10) + ")"] * 92)],
+    ids=["flat", "nested"],
+)
+def test_more_than_1000_terms(formula: str) -> None:
+    with pytest.raises(LossSyntaxError) as info:
+        lossdsl.parse(formula)
+    assert info.value.message == "The formula has more than 1,000 terms."
 
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, "0.5", True, None])
