@@ -21,6 +21,7 @@ Formula(expr=Sum(...))
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -29,7 +30,14 @@ from types import MappingProxyType
 from typing import Any
 
 from lossdsl import ast
-from lossdsl.catalog import ACCESSORS, LOSSES, MATH, check_identifier, function_names
+from lossdsl.catalog import (
+    ACCESSORS,
+    LOSSES,
+    MATH,
+    check_identifier,
+    function_names,
+    registry_version,
+)
 from lossdsl.errors import LossDSLError, LossValidationError, Span
 from lossdsl.parser import parse
 
@@ -215,14 +223,17 @@ class _Undefined(Exception):
         self.message = message
 
 
+@functools.lru_cache(maxsize=65536)
 def _has_data(node: ast.Node) -> bool:
-    """Whether ``node`` depends on ``y_true``/``y_pred`` (is not a constant)."""
-    for n in ast.walk(node):
-        if isinstance(n, ast.Where | ast.Unit | ast.UnitSlice):
-            return True
-        if isinstance(n, ast.Call) and n.name not in MATH:
-            return True
-    return False
+    """Whether ``node`` depends on ``y_true``/``y_pred`` (is not a constant).
+
+    Cached: validation asks it of every node and of their parents; nodes are
+    frozen and hash by value, so equal sub-trees share the answer."""
+    if isinstance(node, ast.Where | ast.Unit | ast.UnitSlice):
+        return True
+    if isinstance(node, ast.Call) and node.name not in MATH:
+        return True
+    return any(_has_data(child) for child in node.children())
 
 
 def _evaluate(node: ast.Node, params: Mapping[str, float]) -> float:
@@ -769,6 +780,16 @@ def _top_terms(expr: ast.Expr) -> tuple[Term, ...]:
     return (Term(1, expr),)
 
 
+def _freeze(value: Any) -> Any:
+    """A hashable copy of a units or params argument (``TypeError`` if impossible)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    hash(value)
+    return (type(value).__name__, value)
+
+
 def check(
     formula: str | ast.Formula,
     *,
@@ -776,7 +797,42 @@ def check(
     params: Mapping[str, Any] | None = None,
     allow_negative: bool = False,
 ) -> Checked:
-    """Validate and return what the compiler needs (see ``validate``)."""
+    """Validate and return what the compiler needs (see ``validate``).
+
+    Results are cached by the formula's text and the frozen arguments, so a
+    service that sees the same spec again answers at once."""
+    text = formula if isinstance(formula, str) else getattr(formula, "source", None)
+    try:
+        key: tuple[Any, ...] = (
+            text,
+            str(formula),
+            _freeze(units),
+            _freeze(params or {}),
+            allow_negative,
+            registry_version(),
+        )
+    except TypeError:  # an unhashable argument: check it uncached (and report it)
+        return _check(formula, units=units, params=params, allow_negative=allow_negative)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = _check(formula, units=units, params=params, allow_negative=allow_negative)
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()  # a crude bound; a service's specs repeat far less than this
+        _CACHE[key] = hit
+    return hit
+
+
+_CACHE: dict[tuple[Any, ...], Checked] = {}
+_CACHE_SIZE = 4096
+
+
+def _check(
+    formula: str | ast.Formula,
+    *,
+    units: UnitsArg,
+    params: Mapping[str, Any] | None = None,
+    allow_negative: bool = False,
+) -> Checked:
     if isinstance(formula, str):
         formula = parse(formula)
     elif not isinstance(formula, ast.Formula):
