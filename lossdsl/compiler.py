@@ -197,6 +197,7 @@ class Program:
         self.checked = checked
         self.where_mean = where_mean
         self._root = self._compile(checked.formula.expr)
+        self._terms: dict[tuple[int, bool], Callable[[_Ctx], tuple[Any, Any]]] = {}
 
     # -- building closures ----------------------------------------------------
 
@@ -296,12 +297,7 @@ class Program:
         selected = self.where_mean == "selected"
 
         def run(ctx: _Ctx) -> Value:
-            m = cond(ctx)
-            if _const(m) or len(m.shape) < len(ctx.all_true.shape):
-                m = ops.logical_and(ctx.all_true, m)  # a constant condition: broadcast it
-            value = term(ctx.masked(m))
-            value = ops.where(m, value, 0.0)
-            value = ops.cast(value, ctx.dtype)
+            m, value = _masked(ctx, cond, term)
             if selected:
                 # Counted in float32 (float16 overflows past 65,504 samples and
                 # bfloat16 is inexact past 256), over the global batch.
@@ -380,6 +376,12 @@ class Program:
         ``T where C`` with ``where_mean="selected"``, the mean of ``T`` over the
         samples where ``C`` holds. ``weighted`` multiplies in the term's sign,
         numbers and parameters; otherwise they are left out (the raw loss)."""
+        key = (index, weighted)
+        if key not in self._terms:
+            self._terms[key] = self._term(index, weighted=weighted)
+        return self._terms[key]
+
+    def _term(self, index: int, *, weighted: bool) -> Callable[[_Ctx], tuple[Any, Any]]:
         t = self.checked.terms[index]
         scalars, body, cond = split_term(t.expr)
         body_fn = self._compile(body)
@@ -393,11 +395,7 @@ class Program:
             if cond_fn is None:
                 num, den = self.per_sample(body_fn(ctx), ctx), ones
             else:
-                m = cond_fn(ctx)
-                if _const(m) or len(m.shape) < len(ctx.all_true.shape):
-                    m = ops.logical_and(ctx.all_true, m)
-                value = ops.where(m, body_fn(ctx.masked(m)), 0.0)
-                num = ops.cast(value, ctx.dtype)
+                m, num = _masked(ctx, cond_fn, body_fn)
                 den = ones if batch_mean else ops.cast(m, ctx.dtype)
             if weighted:
                 coef: Value = sign
@@ -453,7 +451,7 @@ class Program:
             )
         width = ps[-1]
         declared = self.checked.units.width
-        if width is not None and declared is not None and width != declared:
+        if declared is not None and width != declared:
             raise LossInputError(
                 f"The formula was validated for units={declared}, but y_pred has {width} "
                 f"units (shape {ps}).",
@@ -462,7 +460,7 @@ class Program:
                 hint="pass the model's output width as units, or units=None to take it "
                 "from y_pred.",
             )
-        if width is not None and self.checked.max_stop > width:
+        if self.checked.max_stop > width:
             raise LossValidationError(
                 f"The formula reads column {self.checked.max_stop - 1}, but y_pred has only "
                 f"{width} unit{'s' if width != 1 else ''} (shape {ps}).",
@@ -470,6 +468,16 @@ class Program:
                 span=self.checked.max_stop_span,
                 hint=f"select units below u{width}, or check the model's output width.",
             )
+
+
+def _masked(ctx: _Ctx, cond: Node, term: Node) -> tuple[Any, Any]:
+    """The mask of ``cond`` and ``term`` where it holds, 0 elsewhere: ``term``
+    runs on inputs whose masked rows are replaced first (the double where)."""
+    m = cond(ctx)
+    if _const(m) or len(m.shape) < len(ctx.all_true.shape):
+        m = ops.logical_and(ctx.all_true, m)  # a constant condition: broadcast it
+    value = ops.where(m, term(ctx.masked(m)), 0.0)
+    return m, ops.cast(value, ctx.dtype)
 
 
 def _shapes_differ(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator
 
 from lossdsl import ast
+from lossdsl.catalog import LOSSES
 from lossdsl.errors import LossValidationError
 from lossdsl.validate import Checked
 
@@ -50,8 +51,6 @@ def _columns(checked: Checked, node: ast.Node, fn: tuple[str, ...]) -> set[int]:
 
 
 def _trained(checked: Checked, node: ast.Node) -> set[int]:
-    from lossdsl.catalog import LOSSES
-
     return _columns(checked, node, (*LOSSES, "pred"))
 
 

@@ -32,7 +32,7 @@ from lossdsl.compiler import Program
 from lossdsl.errors import LossValidationError
 from lossdsl.metrics import ParamState, TermMetric, term_names
 from lossdsl.spec import LossSpec
-from lossdsl.validate import Checked, check, split_term
+from lossdsl.validate import Checked, check
 
 __all__ = ["FormulaLoss"]
 
@@ -84,7 +84,7 @@ class FormulaLoss(keras.losses.Loss):
     def call(self, y_true: Any, y_pred: Any) -> Any:
         if self._variables and keras.backend.backend() == "jax":
             self._note_jax_capture()
-        return self._program(y_true, y_pred, self._variables)
+        return self.per_sample(y_true, y_pred)
 
     def _note_jax_capture(self) -> None:
         # JAX's train step is a pure function of the model's state; a variable
@@ -119,14 +119,14 @@ class FormulaLoss(keras.losses.Loss):
         the selected samples for a ``where`` term."""
         ctx = self._program.context(y_true, y_pred, self._variables)
         out = {}
-        for name, index in zip(self.term_names(), range(len(self._checked.terms)), strict=True):
+        for index, name in enumerate(self.term_names()):
             num, den = self._program.term(index, weighted=weighted)(ctx)
             out[name] = keras.ops.divide_no_nan(keras.ops.sum(num), keras.ops.sum(den))
         return out
 
     def term_names(self) -> list[str]:
         """The metric names of the top-level terms: ``bce_presence``, ``mse_loc``, ..."""
-        return term_names([str(split_term(t.expr)[1]) for t in self._checked.terms])
+        return term_names(self._checked)
 
     def term_metrics(self, *, weighted: bool = False) -> list[TermMetric]:
         """One Keras metric per top-level term, for ``compile(weighted_metrics=...)``.

@@ -23,7 +23,7 @@ from keras import ops
 
 from lossdsl.compiler import Program
 from lossdsl.spec import LossSpec
-from lossdsl.validate import check, split_term
+from lossdsl.validate import Checked, check, split_term
 
 __all__ = ["ParamState", "TermMetric", "term_names"]
 
@@ -54,11 +54,12 @@ class ParamState(keras.metrics.Metric):
     def result(self) -> dict[str, Any]:
         return {k: v.value for k, v in self.values.items()}
 
+    def current(self) -> dict[str, float]:
+        """Each parameter's value, as a Python float."""
+        return {k: float(ops.convert_to_numpy(v.value)) for k, v in self.values.items()}
+
     def get_config(self) -> dict[str, Any]:
-        return {
-            "values": {k: float(ops.convert_to_numpy(v.value)) for k, v in self.values.items()},
-            "name": self.name,
-        }
+        return {"values": self.current(), "name": self.name}
 
 
 def _identifier(text: str) -> str:
@@ -66,11 +67,12 @@ def _identifier(text: str) -> str:
     return (name or "term")[:48].rstrip("_")
 
 
-def term_names(checked_terms: list[str]) -> list[str]:
-    """Identifier-safe, unique names for terms given as canonical text."""
+def term_names(checked: Checked) -> list[str]:
+    """Identifier-safe, unique names of the top-level terms, from their canonical
+    text without numbers, parameters and condition: ``bce_presence``, ``mse_loc``."""
     names: list[str] = []
-    for text in checked_terms:
-        base = _identifier(text)
+    for t in checked.terms:
+        base = _identifier(str(split_term(t.expr)[1]))
         name, k = base, 2
         while name in names:
             name, k = f"{base}_{k}", k + 1
@@ -116,8 +118,7 @@ class TermMetric(keras.metrics.Metric):
         if not 0 <= term < len(checked.terms):
             raise ValueError(f"term must be in [0, {len(checked.terms)}). Received: {term}.")
         if name is None:
-            texts = [str(split_term(t.expr)[1]) for t in checked.terms]
-            name = term_names(texts)[term]
+            name = term_names(checked)[term]
         super().__init__(name=name, dtype=dtype or "float32")
         self._spec = spec
         self._term = term
@@ -155,10 +156,9 @@ class TermMetric(keras.metrics.Metric):
         return ops.divide_no_nan(self.total, self.count)
 
     def get_config(self) -> dict[str, Any]:
-        values = self.param_state.values
         return {
             **self._spec.config(),
-            "params": {k: float(ops.convert_to_numpy(v.value)) for k, v in values.items()},
+            "params": self.param_state.current(),
             "term": self._term,
             "weighted": self._weighted,
             "name": self.name,

@@ -21,7 +21,6 @@ Formula(expr=Sum(...))
 from __future__ import annotations
 
 import difflib
-import functools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -47,7 +46,6 @@ __all__ = [
     "UnitTable",
     "check",
     "constant_value",
-    "has_data",
     "split_term",
     "unit_table",
     "validate",
@@ -212,28 +210,20 @@ def _param_problems(
     return out
 
 
-def has_data(node: ast.Node) -> bool:
-    """Whether ``node`` depends on ``y_true``/``y_pred`` (is not a constant)."""
-    return _has_data(node)
-
-
 class _Undefined(Exception):
     def __init__(self, node: ast.Node, message: str) -> None:
         self.node = node
         self.message = message
 
 
-@functools.lru_cache(maxsize=65536)
 def _has_data(node: ast.Node) -> bool:
-    """Whether ``node`` depends on ``y_true``/``y_pred`` (is not a constant).
-
-    Cached: validation asks it of every node and of their parents; nodes are
-    frozen and hash by value, so equal sub-trees share the answer."""
-    if isinstance(node, ast.Where | ast.Unit | ast.UnitSlice):
-        return True
-    if isinstance(node, ast.Call) and node.name not in MATH:
-        return True
-    return any(_has_data(child) for child in node.children())
+    """Whether ``node`` depends on ``y_true``/``y_pred`` (is not a constant)."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Where | ast.Unit | ast.UnitSlice):
+            return True
+        if isinstance(n, ast.Call) and n.name not in MATH:
+            return True
+    return False
 
 
 def _evaluate(node: ast.Node, params: Mapping[str, float]) -> float:
