@@ -237,7 +237,9 @@ def walk(node: Node) -> Iterator[Node]:
     while stack:
         n = stack.pop()
         yield n
-        stack.extend(reversed(n.children()))
+        children = n.children()
+        if children:
+            stack.extend(reversed(children))
 
 
 # -- canonical text -----------------------------------------------------------

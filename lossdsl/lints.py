@@ -54,10 +54,11 @@ def _trained(checked: Checked, node: ast.Node) -> set[int]:
     return _columns(checked, node, (*LOSSES, "pred"))
 
 
-def _probability_units(checked: Checked) -> set[int]:
+def _probability_units(checked: Checked, calls: list[ast.Call]) -> set[int]:
+    """Columns that a ``bce``, ``focal`` or ``cce`` call reads as probabilities."""
     out: set[int] = set()
-    for n in ast.walk(checked.formula.expr):
-        if isinstance(n, ast.Call) and n.name in _PROBABILITY_LOSSES and n.args:
+    for n in calls:
+        if n.name in _PROBABILITY_LOSSES and n.args:
             logits = any(
                 k.name == "from_logits" and isinstance(k.value, ast.Name) and k.value.id == "true"
                 for k in n.kwargs
@@ -103,22 +104,32 @@ def _make(code: str, node: ast.Node | None, message: str, hint: str) -> LossVali
 
 def _lints(checked: Checked) -> Iterator[LossValidationError]:
     expr = checked.formula.expr
-    for node in ast.walk(expr):
-        if isinstance(node, ast.Where):
-            shared = _columns(checked, node.cond, ("pred",)) & _trained(checked, node.term)
-            if shared:
-                units = ", ".join(f"u{c}" for c in sorted(shared))
-                yield _make(
-                    "LD101",
-                    node.cond,
-                    f"The term is conditioned on a prediction of a unit it trains ({units}).",
-                    "the unit then learns only from samples it already predicts that way; "
-                    "condition on the label instead, such as true(u0) == 1.",
-                )
-    probability = _probability_units(checked)
-    for node in ast.walk(expr):
-        if not isinstance(node, ast.Compare):
-            continue
+    wheres: list[ast.Where] = []
+    compares: list[ast.Compare] = []
+    calls: list[ast.Call] = []
+    used: set[str] = set()
+    for node in checked.nodes or ast.walk(expr):  # what every lint looks at, in one pass
+        if isinstance(node, ast.Call):
+            calls.append(node)
+        elif isinstance(node, ast.Name):
+            used.add(node.id)
+        elif isinstance(node, ast.Compare):
+            compares.append(node)
+        elif isinstance(node, ast.Where):
+            wheres.append(node)
+    for node in wheres:
+        shared = _columns(checked, node.cond, ("pred",)) & _trained(checked, node.term)
+        if shared:
+            units = ", ".join(f"u{c}" for c in sorted(shared))
+            yield _make(
+                "LD101",
+                node.cond,
+                f"The term is conditioned on a prediction of a unit it trains ({units}).",
+                "the unit then learns only from samples it already predicts that way; "
+                "condition on the label instead, such as true(u0) == 1.",
+            )
+    probability = _probability_units(checked, calls) if compares else set()
+    for node in compares:
         for side, other, op in (
             (node.left, node.right, node.op),
             (node.right, node.left, _FLIP[node.op]),
@@ -139,7 +150,6 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                     "compare with a threshold between 0 and 1, or pass from_logits=true if "
                     "the unit holds logits.",
                 )
-    used = {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)}
     for name in checked.units.names:
         if name not in used:
             yield _make(

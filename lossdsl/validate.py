@@ -95,6 +95,8 @@ class Checked:
     """One past the highest column the formula reads."""
     max_stop_span: Span | None
     """Where the selector reading that column is written."""
+    nodes: tuple[ast.Node, ...] = field(default=(), compare=False, repr=False)
+    """Every node of the formula, parents before children (for later passes)."""
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
@@ -216,14 +218,33 @@ class _Undefined(Exception):
         self.message = message
 
 
+def _reads_data(node: ast.Node) -> bool:
+    """Whether ``node`` itself (not counting its children) reads the data."""
+    if isinstance(node, ast.Where | ast.Unit | ast.UnitSlice):
+        return True
+    return isinstance(node, ast.Call) and node.name not in MATH
+
+
 def _has_data(node: ast.Node) -> bool:
     """Whether ``node`` depends on ``y_true``/``y_pred`` (is not a constant)."""
-    for n in ast.walk(node):
-        if isinstance(n, ast.Where | ast.Unit | ast.UnitSlice):
-            return True
-        if isinstance(n, ast.Call) and n.name not in MATH:
-            return True
-    return False
+    return any(_reads_data(n) for n in ast.walk(node))
+
+
+def _data_index(root: ast.Node) -> tuple[list[ast.Node], dict[int, bool]]:
+    """Every node under ``root`` in pre-order, and ``_has_data`` of each by
+    ``id``: one pass without recursion, children judged before parents."""
+    order: list[tuple[ast.Node, tuple[ast.Node, ...]]] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        children = node.children()
+        order.append((node, children))
+        if children:
+            stack.extend(reversed(children))
+    data: dict[int, bool] = {}
+    for node, children in reversed(order):
+        data[id(node)] = _reads_data(node) or any(data[id(c)] for c in children)
+    return [node for node, _ in order], data
 
 
 def _evaluate(node: ast.Node, params: Mapping[str, float]) -> float:
@@ -296,8 +317,11 @@ _MATH_FNS: dict[str, Any] = {
 class _Checker:
     """One walk over the AST, collecting problems instead of stopping at the first."""
 
-    def __init__(self, units: UnitTable, params: Mapping[str, float], source: str) -> None:
+    def __init__(
+        self, units: UnitTable, params: Mapping[str, float], source: str, root: ast.Node
+    ) -> None:
         self.source = source
+        self.nodes, self._data = _data_index(root)
         self.units = units
         self.params = params
         self.problems: list[LossDSLError] = []
@@ -309,6 +333,11 @@ class _Checker:
             return  # the same mistake again (a name used twice): report its first use
         span = node.span if isinstance(node, ast.Node) else node
         self.problems.append(LossValidationError(message, span=span, hint=hint))
+
+    def has_data(self, node: ast.Node) -> bool:
+        """``_has_data(node)``, looked up in the index of the formula's nodes."""
+        known = self._data.get(id(node))
+        return _has_data(node) if known is None else known
 
     # -- values ---------------------------------------------------------------
 
@@ -322,21 +351,22 @@ class _Checker:
         in_where: bool = False,
         in_const: bool = False,
     ) -> None:
-        const = not _has_data(node)
-        if const and not in_const and not isinstance(node, ast.Number | ast.Name):
-            self.constant(node)
-        if isinstance(node, ast.Number) and _outside_float32(node.value):
-            self.error(
-                node,
-                f"The number {ast.format_number(node.value)} is outside the float32 range "
-                "(about 1.2e-38 to 3.4e38), so the compiled loss would see inf or 0.",
-            )
-        flags = {"in_arg": in_arg, "in_cond": in_cond, "in_where": in_where, "in_const": const}
         if isinstance(node, ast.Number):
+            if _outside_float32(node.value):
+                self.error(
+                    node,
+                    f"The number {ast.format_number(node.value)} is outside the float32 range "
+                    "(about 1.2e-38 to 3.4e38), so the compiled loss would see inf or 0.",
+                )
             return
         if isinstance(node, ast.Name):
             self.value_name(node)
-        elif isinstance(node, ast.Unit | ast.UnitSlice):
+            return
+        const = not self.has_data(node)
+        if const and not in_const:
+            self.constant(node)
+        flags = {"in_arg": in_arg, "in_cond": in_cond, "in_where": in_where, "in_const": const}
+        if isinstance(node, ast.Unit | ast.UnitSlice):
             self.error(
                 node,
                 f"The unit {node} is not a value by itself.",
@@ -354,7 +384,7 @@ class _Checker:
                 if (
                     isinstance(before, ast.Where)
                     and not self.parenthesised(before)
-                    and not _has_data(after)
+                    and not self.has_data(after)
                 ):
                     self.error(
                         after,
@@ -365,7 +395,7 @@ class _Checker:
                         "constant, put it first or parenthesise the where-term.",
                     )
         elif isinstance(node, ast.Product):
-            data = [_has_data(e) for _, e in node.factors]
+            data = [self.has_data(e) for _, e in node.factors]
             for i, (op, e) in enumerate(node.factors):
                 others_const = not any(d for j, d in enumerate(data) if j != i)
                 self.expr(e, linear=linear and op == "*" and others_const, **flags)
@@ -636,7 +666,7 @@ class _Checker:
             )
         if node.name == "clip" and len(node.args) == 3:
             lo, hi = node.args[1], node.args[2]
-            if not _has_data(lo) and not _has_data(hi):
+            if not self.has_data(lo) and not self.has_data(hi):
                 try:
                     if _evaluate(lo, self.params) > _evaluate(hi, self.params):
                         self.error(node, "clip(x, lo, hi) needs lo <= hi.")
@@ -646,7 +676,7 @@ class _Checker:
     # -- conditions -----------------------------------------------------------------
 
     def cond(self, node: ast.Cond) -> None:
-        if not any(isinstance(n, ast.Name) for n in ast.walk(node)) and not _has_data(node):
+        if not self.has_data(node) and not any(isinstance(n, ast.Name) for n in ast.walk(node)):
             self.error(
                 node,
                 f"The condition '{node}' compares numbers only, so it is always true or "
@@ -687,7 +717,7 @@ class _Checker:
         Only the formula's own sum is split: a parenthesised sum inside a term
         is one part, so ``0.5*beta*(square(mu) + exp(lv) - lv - 1)`` (a KL
         divergence, never negative) is a term of weight ``0.5*beta``."""
-        if not _has_data(node):
+        if not self.has_data(node):
             return
         if isinstance(node, ast.Sum) and top:
             for op, e in node.terms:
@@ -697,10 +727,10 @@ class _Checker:
         elif isinstance(node, ast.Where):
             yield from self.leaves(node.term, coef, origin)
         elif isinstance(node, ast.Product):
-            data = [(op, e) for op, e in node.factors if _has_data(e)]
+            data = [(op, e) for op, e in node.factors if self.has_data(e)]
             try:
                 for op, e in node.factors:
-                    if not _has_data(e):
+                    if not self.has_data(e):
                         v = _evaluate(e, self.params)
                         coef = coef / v if op == "/" else coef * v
             except (_Undefined, ZeroDivisionError):
@@ -793,10 +823,11 @@ def check(
     service that sees the same spec again answers at once."""
     text = formula if isinstance(formula, str) else getattr(formula, "source", None)
     try:
+        frozen_units = _freeze(units)
         key: tuple[Any, ...] = (
             text,
             str(formula),
-            _freeze(units),
+            frozen_units,
             _freeze(params or {}),
             allow_negative,
             registry_version(),
@@ -805,7 +836,13 @@ def check(
         return _check(formula, units=units, params=params, allow_negative=allow_negative)
     hit = _CACHE.get(key)
     if hit is None:
-        hit = _check(formula, units=units, params=params, allow_negative=allow_negative)
+        hit = _check(
+            formula,
+            units=units,
+            params=params,
+            allow_negative=allow_negative,
+            units_key=frozen_units,
+        )
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.clear()  # a crude bound; a service's specs repeat far less than this
         _CACHE[key] = hit
@@ -814,6 +851,9 @@ def check(
 
 _CACHE: dict[tuple[Any, ...], Checked] = {}
 _CACHE_SIZE = 4096
+_UNIT_TABLES: dict[Any, UnitTable] = {}
+"""Valid ``units`` arguments, frozen, to their table: a service checks many
+formulas against the same units."""
 
 
 def _check(
@@ -822,6 +862,7 @@ def _check(
     units: UnitsArg,
     params: Mapping[str, Any] | None = None,
     allow_negative: bool = False,
+    units_key: Any = None,
 ) -> Checked:
     if isinstance(formula, str):
         formula = parse(formula)
@@ -835,11 +876,18 @@ def _check(
             hint="params={'alpha': 0.7}",
         )
     params = {k: float(v) if _is_real(v) else v for k, v in (params or {}).items()}
-    table, problems = unit_table(units, locate=lambda n: _first_use(formula, n))
+    table = _UNIT_TABLES.get(units_key) if units_key is not None else None
+    problems: list[LossDSLError] = []
+    if table is None:
+        table, problems = unit_table(units, locate=lambda n: _first_use(formula, n))
+        if not problems and units_key is not None:
+            if len(_UNIT_TABLES) >= _CACHE_SIZE:
+                _UNIT_TABLES.clear()
+            _UNIT_TABLES[units_key] = table
     problems += _param_problems(params, table, locate=lambda n: _first_use(formula, n))
-    checker = _Checker(table, params, formula.text())
+    checker = _Checker(table, params, formula.text(), formula.expr)
     checker.expr(formula.expr)
-    if not _has_data(formula.expr):
+    if not checker.has_data(formula.expr):
         checker.error(
             formula.expr,
             "The formula does not depend on the model's output or labels.",
@@ -858,6 +906,7 @@ def _check(
         terms=_top_terms(formula.expr),
         max_stop=checker.max_stop,
         max_stop_span=checker.max_stop_span,
+        nodes=tuple(checker.nodes),
     )
 
 
