@@ -22,13 +22,13 @@ from lossdsl.config import load_spec
 from lossdsl.errors import LossDSLError, LossInputError, LossSyntaxError, LossValidationError
 from lossdsl.lints import LossDSLWarning
 from lossdsl.parser import parse
-from lossdsl.spec import LossSpec
 from lossdsl.validate import validate
 
 if TYPE_CHECKING:
     from lossdsl.callbacks import ParamSchedule
     from lossdsl.loss import FormulaLoss
     from lossdsl.metrics import TermMetric
+    from lossdsl.spec import LossSpec
 
 __version__ = "0.1.0"
 
@@ -58,6 +58,7 @@ _keras_hook.install()
 
 
 _LAZY = {
+    "LossSpec": "lossdsl.spec",  # pydantic: a service that only validates never loads it
     "FormulaLoss": "lossdsl.loss",
     "TermMetric": "lossdsl.metrics",
     "ParamSchedule": "lossdsl.callbacks",
@@ -65,7 +66,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # These subclass Keras classes, so they load Keras: only on first use.
+    # Loaded on first use: three subclass Keras classes, and LossSpec needs pydantic.
     if name in _LAZY:
         import importlib
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from lossdsl.spec import LossSpec
-
 if TYPE_CHECKING:
     from lossdsl.loss import FormulaLoss
+    from lossdsl.spec import LossSpec
 
 __all__ = ["compile_loss"]
 
@@ -44,6 +43,8 @@ def compile_loss(
     >>> loss
     FormulaLoss('bce(presence) + mse(loc) where true(presence) == 1', name='lesion')
     """
+    from lossdsl.spec import LossSpec
+
     if isinstance(spec, str):
         fields: dict[str, Any] = {"expression": spec}
     elif isinstance(spec, LossSpec):

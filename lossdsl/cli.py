@@ -18,14 +18,16 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lossdsl import ast
 from lossdsl.config import load_spec
 from lossdsl.errors import LossDSLError, LossValidationError
 from lossdsl.lints import lint
-from lossdsl.spec import LossSpec
 from lossdsl.validate import Checked, check, constant_value, split_term
+
+if TYPE_CHECKING:
+    from lossdsl.spec import LossSpec
 
 __all__ = ["main"]
 
@@ -55,6 +57,8 @@ def _spec_from(args: argparse.Namespace) -> LossSpec:
         return load_spec(args.config, key=args.key)
     if not args.formula:
         raise _Usage("a FORMULA (or --config FILE, or --stdin) is needed")
+    from lossdsl.spec import LossSpec  # pydantic, loaded only when needed
+
     return LossSpec.model_validate(
         {
             "expression": args.formula,
@@ -211,6 +215,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    from lossdsl.spec import LossSpec
+
     print(json.dumps(LossSpec.model_json_schema(), indent=2))
     return 0
 

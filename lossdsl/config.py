@@ -15,10 +15,12 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lossdsl.errors import LossDSLError, LossValidationError
-from lossdsl.spec import LossSpec
+
+if TYPE_CHECKING:
+    from lossdsl.spec import LossSpec
 
 __all__ = ["load_spec"]
 
@@ -111,6 +113,8 @@ def load_spec(path: str | Path, key: str | None = None) -> LossSpec:
     >>> str(load_spec(cfg, key="training.loss").formula)
     'bce(p) + mse(loc) where true(p) == 1'
     """
+    from lossdsl.spec import LossSpec
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
