@@ -2,11 +2,12 @@
 #   make demo   creates .venv, installs lossdsl, runs examples/lesion.py
 #   make test   creates .venv if needed, installs the dev extra, lints, runs the suite
 #               (TensorFlow, and JAX in subprocesses); make test-all adds torch
+#   make bench  every speed measurement, written to benchmarks/RESULTS.md
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-all lint format clean
+.PHONY: demo test test-all bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,11 @@ test: lint
 test-all: lint
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	LOSSDSL_REQUIRE=jax,torch $(BIN)/python -m pytest
+
+# Every measurement in one run (minutes, not a test): prints a table of medians and
+# ratios and writes benchmarks/RESULTS.md with the date and the machine.
+bench: $(VENV)/.dev-installed
+	$(BIN)/python benchmarks/bench.py
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff format .

@@ -154,3 +154,45 @@ print(sorted({m.split(".")[0] for m in sys.modules} & {"keras", "tensorflow", "j
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# Each limit for untrusted input, as a service meets it: one line of `check --stdin`.
+LIMIT_CASES = {
+    "longer than 10,000 characters": ("+".join(["mse(u0)"] * 1300), "the limit is 10,000"),
+    "longer than 100,000 characters raw": (
+        "mse(u0)" + " " * 100_000,
+        "the limit is 100,000",
+    ),
+    "101 parentheses": ("(" * 101 + "mse(u0)" + ")" * 101, "nested more than 100 levels"),
+    "101 calls": ("abs(" * 101 + "pred(u0)" + ")" * 101, "nested more than 100 levels"),
+    "101 unary minuses": ("-" * 101 + "mse(u0)", "nested more than 100 levels"),
+    "101 nots": ("mse(u0) where " + "not " * 101 + "pred(u0) > 0", "nested more than 100"),
+    "1,001 terms": ("+".join(["mse(u0)"] * 1001), "more than 1,000 terms"),
+    "a number beyond float64": ("1e999*mse(u0)", "too large to represent"),
+    "a number beyond float32": ("1e39*mse(u0)", "outside the float32 range"),
+}
+
+
+def test_every_limit_through_check_stdin() -> None:
+    """Each case is rejected with its own message and a position inside the line,
+    and the process goes on to the next line (here, a valid formula)."""
+    lines = [text for text, _ in LIMIT_CASES.values()] + ["mse(u0)"]
+    done = lossdsl("check", "--stdin", "--units", "1", stdin="\n".join(lines) + "\n")
+    assert done.returncode == 1, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(results) == len(lines)
+    for (name, (text, expected)), result in zip(LIMIT_CASES.items(), results, strict=False):
+        assert result["valid"] is False, name
+        (error,) = result["errors"]
+        assert expected in error["message"], (name, error["message"])
+        assert error["line"] == 1, name
+        assert 1 <= error["column"] <= len(text) + 1, (name, error)
+    assert results[-1] == {"valid": True, "errors": [], "warnings": []}
+
+
+def test_a_limit_through_check_argument() -> None:
+    text, expected = LIMIT_CASES["101 parentheses"]
+    done = lossdsl("check", text, "--units", "1")
+    assert done.returncode == 1
+    assert expected in done.stderr
+    assert "^" in done.stderr

@@ -1,0 +1,485 @@
+"""Every lossdsl measurement, in one run: ``make bench``.
+
+What it measures, each against a hand-written equivalent in the same run,
+alternating the two sides and quoting medians:
+
+1. loss evaluation at batch 2**20 (value of the mean loss, forward only) for
+   five formulas, under ``tf.function`` without and with ``jit_compile=True``,
+   and under ``jax.jit`` when jax is installed (in a subprocess: a process has
+   one Keras backend); each beside its floor, the bytes it must read
+   (``y_true`` and ``y_pred`` once) over the read bandwidth measured here;
+2. one ``model.fit`` epoch of a small MLP with each loss;
+3. the first call: tracing (graph) and tracing plus XLA compiling;
+4. the front end: ``parse`` uncached and cached, ``validate``, ``compile_loss``
+   (no tracing), and the import time of ``lossdsl`` alone.
+
+It prints one table and writes it to ``benchmarks/RESULTS.md`` with the date
+and the machine. Nothing here is a test: no figure here fails a build.
+
+    .venv/bin/python benchmarks/bench.py [--quick] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BATCH = 2**20
+WIDTH = 8
+UNITS = {"presence": 0, "loc": 1, "box": [2, 5], "cls": [5, 8]}
+PARAMS = {"alpha": 0.7, "beta": 0.2}
+
+
+# -- the five comparisons: a formula and the same loss written by hand -----------------------
+
+
+def _cases() -> list[dict[str, Any]]:
+    """Built lazily: the hand-written losses need keras.ops."""
+    import keras
+    from keras import ops
+
+    def seed_example_1(y_true, y_pred):
+        # The seed's Example 1 with keras.ops, and per-sample (its K.mean made the
+        # MSE a batch mean added to a per-sample BCE).
+        bce = ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
+        mse = ops.square(y_true[:, 1] - y_pred[:, 1])
+        return 0.7 * bce + 0.3 * mse
+
+    def seed_example_2(y_true, y_pred):
+        # The seed's Example 2 with keras.ops and its mask the right way round: the
+        # location counts where a lesion is predicted (a batch mean, as there).
+        bce = ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
+        mask = ops.cast(ops.greater_equal(y_pred[:, 0], 0.5), y_pred.dtype)
+        return bce + ops.square(y_true[:, 1] - y_pred[:, 1]) * mask
+
+    def four_terms(y_true, y_pred, alpha=0.7, beta=0.2):
+        box_t, box_p = y_true[:, 2:5], y_pred[:, 2:5]
+        huber = keras.losses.huber(box_t, box_p, delta=0.5)
+        mse = ops.square(y_true[:, 1] - y_pred[:, 1])
+        bce = ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
+        m = ops.equal(y_true[:, 0], 1.0)
+        mae = ops.where(m, ops.mean(ops.abs(box_t - box_p), axis=-1), 0.0)
+        n = ops.cast(ops.shape(m)[0], y_pred.dtype)
+        scale = ops.divide_no_nan(n, ops.sum(ops.cast(m, y_pred.dtype)))
+        return alpha * huber + (1 - alpha) * mse + beta * bce + mae * scale
+
+    def cce_and_bce(y_true, y_pred):
+        cce = keras.losses.categorical_crossentropy(y_true[:, 5:8], y_pred[:, 5:8])
+        return cce + ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
+
+    def naive_repeats(y_true, y_pred):
+        # Written the way a loss grows: each term slices afresh, the error is
+        # computed twice, the mask is built from the column the loss also reads,
+        # and constants are left as written.
+        a = 2 * ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0]) * 0.25
+        b = ops.square(y_pred[:, 1] - y_true[:, 1]) * 0.5 * 2
+        mask = ops.cast(ops.greater(y_pred[:, 0], 0.5), y_pred.dtype)
+        c = ops.abs(y_pred[:, 1] - y_true[:, 1]) * mask
+        return a + b + c
+
+    return [
+        {
+            "name": "seed example 1",
+            "formula": "0.7*bce(presence) + 0.3*mse(loc)",
+            "hand": seed_example_1,
+        },
+        {
+            "name": "seed example 2",
+            "formula": "bce(presence) + mse(loc) where pred(presence) >= 0.5",
+            "where_mean": "batch",
+            "hand": seed_example_2,
+        },
+        {
+            "name": "four terms",
+            "formula": "alpha*huber(box, delta=0.5) + (1 - alpha)*mse(loc) + beta*bce(presence)"
+            " + mae(box) where true(presence) == 1",
+            "hand": four_terms,
+        },
+        {"name": "cce + bce", "formula": "cce(cls) + bce(presence)", "hand": cce_and_bce},
+        {
+            "name": "repeats, naive by hand",
+            "formula": "2*bce(presence)*0.25 + square(pred(loc) - true(loc))*0.5*2"
+            " + abs(pred(loc) - true(loc)) where pred(presence) > 0.5",
+            "where_mean": "batch",
+            "hand": naive_repeats,
+        },
+    ]
+
+
+def _data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y_true = rng.uniform(0, 1, (batch, WIDTH)).astype("float32")
+    y_true[:, 0] = rng.integers(0, 2, batch)
+    y_true[:, 5:8] = np.eye(3, dtype="float32")[rng.integers(0, 3, batch)]
+    y_pred = rng.uniform(0.02, 0.98, (batch, WIDTH)).astype("float32")
+    return y_true, y_pred
+
+
+def _loss_of(case: dict[str, Any]) -> Any:
+    import lossdsl
+
+    return lossdsl.compile_loss(
+        case["formula"],
+        units=UNITS,
+        params={k: v for k, v in PARAMS.items() if k in case["formula"]},
+        where_mean=case.get("where_mean", "selected"),
+    )
+
+
+# -- timing -----------------------------------------------------------------------------------
+
+
+def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, the functions run in turn so that drift
+    in the machine's load touches all of them alike (after one warm-up call)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _tf_evaluations(repeats: int) -> list[dict[str, Any]]:
+    import tensorflow as tf
+    from keras import ops
+
+    y_true_np, y_pred_np = _data(BATCH)
+    y_true, y_pred = tf.constant(y_true_np), tf.constant(y_pred_np)
+    nbytes = y_true_np.nbytes + y_pred_np.nbytes
+
+    read = tf.function(lambda t, p: ops.sum(t) + ops.sum(p), jit_compile=True)
+    floor = alternate({"read": lambda: read(y_true, y_pred).numpy()}, repeats)["read"]
+    rows = [
+        {
+            "section": "bandwidth",
+            "what": "read y_true and y_pred once (XLA sum)",
+            "seconds": floor,
+            "gbps": nbytes / floor / 1e9,
+        }
+    ]
+    big = np.ones(2**26, "float32")  # 256 MiB, one thread
+    np_read = alternate({"np": lambda: big.sum()}, max(3, repeats // 3))["np"]
+    rows.append(
+        {
+            "section": "bandwidth",
+            "what": "NumPy sum of 256 MiB, one thread",
+            "seconds": np_read,
+            "gbps": big.nbytes / np_read / 1e9,
+        }
+    )
+    for case in _cases():
+        loss = _loss_of(case)
+        want = np.mean(np.asarray(case["hand"](y_true, y_pred)), dtype=np.float64)
+        got = float(ops.mean(loss.call(y_true, y_pred)))
+        assert np.isclose(got, want, rtol=1e-4), (case["name"], got, want)
+        for jit in (False, True):
+            fns = {
+                "lossdsl": tf.function(
+                    lambda t, p, f=loss.call: ops.mean(f(t, p)), jit_compile=jit
+                ),
+                "hand": tf.function(
+                    lambda t, p, f=case["hand"]: ops.mean(f(t, p)), jit_compile=jit
+                ),
+            }
+            t = alternate(
+                {k: (lambda f=f: f(y_true, y_pred).numpy()) for k, f in fns.items()}, repeats
+            )
+            rows.append(
+                {
+                    "section": "evaluation",
+                    "backend": "tensorflow",
+                    "mode": "tf.function, XLA" if jit else "tf.function, graph",
+                    "case": case["name"],
+                    "lossdsl": t["lossdsl"],
+                    "hand": t["hand"],
+                    "floor": floor,
+                }
+            )
+    return rows
+
+
+def _jax_evaluations(repeats: int) -> list[dict[str, Any]]:
+    """Run in a subprocess with KERAS_BACKEND=jax (see ``--jax-part``)."""
+    import jax
+    from keras import ops
+
+    y_true_np, y_pred_np = _data(BATCH)
+    y_true, y_pred = jax.device_put(y_true_np), jax.device_put(y_pred_np)
+    read = jax.jit(lambda t, p: ops.sum(t) + ops.sum(p))
+    floor = alternate({"read": lambda: read(y_true, y_pred).block_until_ready()}, repeats)["read"]
+    rows = []
+    for case in _cases():
+        loss = _loss_of(case)
+        fns = {
+            "lossdsl": jax.jit(lambda t, p, f=loss.call: ops.mean(f(t, p))),
+            "hand": jax.jit(lambda t, p, f=case["hand"]: ops.mean(f(t, p))),
+        }
+        want = float(fns["hand"](y_true, y_pred))
+        assert np.isclose(float(fns["lossdsl"](y_true, y_pred)), want, rtol=1e-4), case["name"]
+        t = alternate(
+            {k: (lambda f=f: f(y_true, y_pred).block_until_ready()) for k, f in fns.items()},
+            repeats,
+        )
+        rows.append(
+            {
+                "section": "evaluation",
+                "backend": "jax",
+                "mode": "jax.jit",
+                "case": case["name"],
+                "lossdsl": t["lossdsl"],
+                "hand": t["hand"],
+                "floor": floor,
+            }
+        )
+    return rows
+
+
+def _fit_epochs(repeats: int) -> list[dict[str, Any]]:
+    import keras
+
+    rng = np.random.default_rng(1)
+    rows_n = 2**15
+    x = rng.normal(size=(rows_n, 16)).astype("float32")
+    y, _ = _data(rows_n, seed=2)
+
+    def fit_for(loss: Any) -> Callable[[], Any]:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((16,))
+        h = keras.layers.Dense(64, activation="relu")(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(WIDTH, activation="sigmoid")(h))
+        model.compile(optimizer="adam", loss=loss)
+        return lambda: model.fit(x, y, batch_size=256, epochs=1, verbose=0)
+
+    out = []
+    for case in _cases()[:4]:
+        t = alternate({"lossdsl": fit_for(_loss_of(case)), "hand": fit_for(case["hand"])}, repeats)
+        out.append({"section": "fit", "case": case["name"], **t})
+    return out
+
+
+def _first_calls(repeats: int) -> list[dict[str, Any]]:
+    import tensorflow as tf
+    from keras import ops
+
+    y_true_np, y_pred_np = _data(1024)
+    y_true, y_pred = tf.constant(y_true_np), tf.constant(y_pred_np)
+    out = []
+    for case in _cases()[:4]:
+        for jit in (False, True):
+
+            def first_call(fn: Callable[..., Any], jit: bool = jit) -> Callable[[], Any]:
+                # A new tf.function each time: the call traces (and compiles) afresh.
+                return lambda: tf.function(lambda t, p: ops.mean(fn(t, p)), jit_compile=jit)(
+                    y_true, y_pred
+                ).numpy()
+
+            loss = _loss_of(case)
+            t = alternate(
+                {"lossdsl": first_call(loss.call), "hand": first_call(case["hand"])}, repeats
+            )
+            mode = "trace + XLA compile" if jit else "trace"
+            out.append({"section": "first call", "case": case["name"], "mode": mode, **t})
+    return out
+
+
+def _front_end(repeats: int) -> list[dict[str, Any]]:
+    sys.path.insert(0, str(HERE))
+    import bench_validate
+
+    import lossdsl
+    from lossdsl import parser
+
+    rows = []
+    n = 1000
+
+    def per_item(fn: Callable[[str], Any], items_for: Callable[[], list[str]]) -> float:
+        values = []
+        for _ in range(repeats):
+            items = items_for()
+            start = time.perf_counter()
+            for item in items:
+                fn(item)
+            values.append((time.perf_counter() - start) / len(items))
+        return statistics.median(values)
+
+    salt = iter(range(10**6))
+
+    def fresh() -> list[str]:
+        bench_validate.clear_caches()
+        return bench_validate.formulas(n, next(salt))
+
+    rows.append({"what": "parse, uncached", "seconds": per_item(lossdsl.parse, fresh)})
+    same = bench_validate.formulas(1, 999)[0]
+    lossdsl.parse(same)
+    rows.append({"what": "parse, cached", "seconds": per_item(lossdsl.parse, lambda: [same] * n)})
+    units = bench_validate.UNITS
+    rows.append(
+        {
+            "what": "validate, distinct formulas",
+            "seconds": per_item(lambda t: lossdsl.validate(t, units=units), fresh),
+        }
+    )
+    rows.append(
+        {
+            "what": "compile_loss (no tracing), distinct formulas",
+            "seconds": per_item(
+                lambda t: lossdsl.compile_loss(t, units=units), lambda: fresh()[:200]
+            ),
+        }
+    )
+    parser._parse_cached.cache_clear()
+    code = (
+        "import sys, time; t = time.perf_counter(); import lossdsl; "
+        "print(time.perf_counter() - t, 'keras' in sys.modules, 'tensorflow' in sys.modules)"
+    )
+    times = []
+    for _ in range(repeats):
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert result[1:] == ["False", "False"], "import lossdsl loaded keras or tensorflow"
+        times.append(float(result[0]))
+    rows.append({"what": "import lossdsl (no keras)", "seconds": statistics.median(times)})
+    return [{"section": "front end", **r} for r in rows]
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import keras
+
+    versions = f"keras {keras.__version__}"
+    try:
+        import tensorflow as tf
+
+        versions += f", tensorflow {tf.__version__}"
+    except ImportError:
+        pass
+    try:
+        import jax
+
+        versions += f", jax {jax.__version__}"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {versions}"
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.2f} ms" if s >= 1e-3 else f"{s * 1e6:.1f} µs"
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    bw = [r for r in rows if r["section"] == "bandwidth"]
+    lines += ["## Memory bandwidth (the floor of a loss evaluation)", ""]
+    lines += ["| measurement | median | GB/s |", "|---|---:|---:|"]
+    lines += [f"| {r['what']} | {_ms(r['seconds'])} | {r['gbps']:.1f} |" for r in bw]
+    nbytes = 2 * BATCH * WIDTH * 4
+    lines += [
+        "",
+        f"A loss evaluation at batch 2^20 with {WIDTH} float32 units must read `y_true` and "
+        f"`y_pred` once, {nbytes / 2**20:.0f} MiB: its floor is the first line's time.",
+        "",
+        "## Loss evaluation, batch 2^20 (mean loss, forward)",
+        "",
+        "| backend, mode | case | lossdsl | by hand | ratio | lossdsl / floor | by hand / floor |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["section"] == "evaluation":
+            lines.append(
+                f"| {r['mode']} | {r['case']} | {_ms(r['lossdsl'])} | {_ms(r['hand'])} | "
+                f"{r['lossdsl'] / r['hand']:.3f} | {r['lossdsl'] / r['floor']:.1f} | "
+                f"{r['hand'] / r['floor']:.1f} |"
+            )
+    lines += [
+        "",
+        "## One `model.fit` epoch (32,768 rows, batch 256, MLP 16-64-8)",
+        "",
+        "| case | lossdsl | by hand | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["section"] == "fit":
+            ratio = r["lossdsl"] / r["hand"]
+            lines.append(f"| {r['case']} | {_ms(r['lossdsl'])} | {_ms(r['hand'])} | {ratio:.3f} |")
+    lines += ["", "## First call (batch 1,024)", ""]
+    lines += ["| case | what | lossdsl | by hand | ratio |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        if r["section"] == "first call":
+            lines.append(
+                f"| {r['case']} | {r['mode']} | {_ms(r['lossdsl'])} | {_ms(r['hand'])} | "
+                f"{r['lossdsl'] / r['hand']:.2f} |"
+            )
+    lines += ["", "## Front end", "", "| what | median each | per second |", "|---|---:|---:|"]
+    for r in rows:
+        if r["section"] == "front end":
+            lines.append(f"| {r['what']} | {_ms(r['seconds'])} | {1 / r['seconds']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--jax-part", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    repeats = 5 if args.quick else 21
+    if args.jax_part:
+        print(json.dumps(_jax_evaluations(repeats)))
+        return
+    rows = _tf_evaluations(repeats)
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        print("jax is not installed: no jax.jit figures", file=sys.stderr)
+    else:
+        env = {**os.environ, "KERAS_BACKEND": "jax"}
+        cmd = [sys.executable, __file__, "--jax-part", *(["--quick"] if args.quick else [])]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        rows += json.loads(done.stdout.strip().splitlines()[-1])
+    rows += _fit_epochs(3 if args.quick else 7)
+    rows += _first_calls(3 if args.quick else 7)
+    rows += _front_end(3 if args.quick else 7)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = (
+        f"# lossdsl benchmarks\n\n{stamp}; {_machine()}.\n\n"
+        "Medians; the two sides of each comparison alternate in one run. "
+        "Ratio is lossdsl / by hand (below 1: lossdsl is faster). "
+        "Regenerate with `make bench`.\n\n" + report(rows)
+    )
+    print(text)
+    if not args.no_write:
+        (HERE / "RESULTS.md").write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
