@@ -23,6 +23,7 @@ time) and tensors of ``y_pred``'s dtype once they touch the data.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -84,16 +85,41 @@ def _focal(
     return ops.mean(out, axis=-1)
 
 
+# Keras's losses clip probabilities to [1e-7, 1 - 1e-7] and guard divisions and
+# norms with epsilon = 1e-7, made for float32. In float16 and bfloat16, 1 - 1e-7
+# rounds to 1.0, so a saturated probability gives log(0): bce(0, 1) is inf and
+# bce(1, 1) NaN, with NaN gradients (and 1 / epsilon overflows float16). The
+# built-in losses therefore compute in float32 for these dtypes and return the
+# input's dtype: Keras's float32 value, rounded to the low precision.
+_LOW_PRECISION = ("float16", "bfloat16")
+
+
+def _in_float32(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` computed in float32 for float16 and bfloat16 inputs."""
+
+    @functools.wraps(fn)
+    def run(y_true: Any, y_pred: Any, **kwargs: Any) -> Any:
+        dtype = keras.backend.standardize_dtype(y_pred.dtype)
+        if dtype not in _LOW_PRECISION:
+            return fn(y_true, y_pred, **kwargs)
+        out = fn(ops.cast(y_true, "float32"), ops.cast(y_pred, "float32"), **kwargs)
+        return ops.cast(out, dtype)
+
+    return run
+
+
 def builtin_loss_fn(name: str) -> Callable[..., Any]:
-    """The function computing a loss's per-sample value from the selected columns."""
+    """The function computing a loss's per-sample value from the selected columns.
+
+    A registered loss is returned as given; a built-in one computes in float32
+    for float16 and bfloat16 inputs (see ``_in_float32``)."""
     entry = LOSSES[name]
     if entry.fn is not None:
         return entry.fn
     if name == "focal":
-        return _focal
+        return _in_float32(_focal)
     assert entry.keras_name is not None
-    fn: Callable[..., Any] = getattr(keras.losses, entry.keras_name)
-    return fn
+    return _in_float32(getattr(keras.losses, entry.keras_name))
 
 
 Value = Any  # a Python float, a Python bool, or a tensor
@@ -154,8 +180,20 @@ _PY_BINARY: dict[str, Callable[[float, float], float]] = {
     "*": lambda a, b: a * b,
     "/": lambda a, b: a / b,
 }
+
+
+def _add(a: Any, b: Any) -> Any:
+    """``a + b``. On TensorFlow, ``keras.ops.add`` turns a sum whose second operand
+    looks like a bias vector into ``tf.nn.bias_add``, which fails for per-sample
+    values of a static shape ``(0, k)`` (a batch of 0 sequences). For an empty
+    operand, ``a - (-b)``: the same IEEE sum, and ``subtract`` has no such case."""
+    if 0 in tuple(getattr(b, "shape", ())):
+        return ops.subtract(a, ops.negative(b))
+    return ops.add(a, b)
+
+
 _OPS_BINARY: dict[str, Callable[[Any, Any], Any]] = {
-    "+": ops.add,
+    "+": _add,
     "-": ops.subtract,
     "*": ops.multiply,
     "/": ops.divide,

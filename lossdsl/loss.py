@@ -81,6 +81,16 @@ class FormulaLoss(keras.losses.Loss):
 
     # -- the loss ---------------------------------------------------------------
 
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        out = super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        # Keras's reduce_values returns per-sample values of static shape (0,)
+        # unreduced: an empty batch would give an empty tensor, not a loss. Its sum
+        # is the scalar 0 that every reduction gives over no samples (Keras divides
+        # with divide_no_nan), and its gradient is 0.
+        if self.reduction not in (None, "none") and tuple(out.shape) == (0,):
+            out = keras.ops.sum(out)
+        return out
+
     def call(self, y_true: Any, y_pred: Any) -> Any:
         if self._variables and keras.backend.backend() == "jax":
             self._note_jax_capture()
