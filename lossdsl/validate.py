@@ -209,6 +209,14 @@ def _param_problems(
                     hint="parameters are weights; give each a finite float.",
                 )
             )
+        elif abs(value) > _F32_MAX:
+            out.append(
+                LossValidationError(
+                    f"Parameter {key!r} is {value:g}, beyond the float32 range (about 3.4e38) "
+                    "its variable holds, where it would be inf.",
+                    span=locate(key),
+                )
+            )
     return out
 
 
@@ -322,6 +330,7 @@ class _Checker:
     ) -> None:
         self.source = source
         self.nodes, self._data = _data_index(root)
+        self._factors: set[int] = set()  # ids of the factors of products
         self.units = units
         self.params = params
         self.problems: list[LossDSLError] = []
@@ -396,6 +405,7 @@ class _Checker:
                     )
         elif isinstance(node, ast.Product):
             data = [self.has_data(e) for _, e in node.factors]
+            self._factors.update(id(e) for _, e in node.factors)
             for i, (op, e) in enumerate(node.factors):
                 others_const = not any(d for j, d in enumerate(data) if j != i)
                 self.expr(e, linear=linear and op == "*" and others_const, **flags)
@@ -450,12 +460,21 @@ class _Checker:
             pass  # reported by constant()
 
     def constant(self, node: ast.Expr) -> None:
-        """Report a constant sub-expression whose value is undefined (log(-1), 1/0)."""
+        """Report a constant sub-expression whose value is undefined (log(-1), 1/0),
+        or, unless it is a factor of a product (those are multiplied together in
+        float64 and checked as a term's weight), one float32 cannot hold."""
         try:
-            _evaluate(node, self.params)
+            value = _evaluate(node, self.params)
         except _Undefined as u:
             if u.message:
                 self.error(u.node, u.message)
+            return
+        if id(node) not in self._factors and _outside_float32(value):
+            self.error(
+                node,
+                f"The constant {node} is {value:g}, outside the float32 range (about 1.2e-38 "
+                "to 3.4e38), so the compiled loss would see inf or 0.",
+            )
 
     def value_name(self, node: ast.Name) -> None:
         if node.id in self.params:

@@ -250,3 +250,11 @@ def test_no_bogus_second_error_for_a_wrong_arity() -> None:
         "abs() takes 1 argument, abs(x). Received 0.",
         "min() takes 2 arguments, min(a, b). Received 1.",
     ]
+
+
+def test_a_parameter_beyond_float32_is_an_error() -> None:
+    # Its float32 variable would hold inf; a product of factors is judged as a weight.
+    with pytest.raises(LossValidationError) as info:
+        lossdsl.validate("mse(u0) + alpha", units=1, params={"alpha": 1e39})
+    assert info.value.errors[0].message.startswith("Parameter 'alpha' is 1e+39, beyond the float32")
+    assert str(lossdsl.validate("mse(u0) * (1e20 * 1e20) / 1e35", units=1)).startswith("mse(u0)")
