@@ -78,6 +78,28 @@ def _cases() -> list[dict[str, Any]]:
         scale = ops.divide_no_nan(n, ops.sum(ops.cast(m, y_pred.dtype)))
         return alpha * huber + (1 - alpha) * mse + beta * bce + mae * scale
 
+    def seed_example_2_nan_safe(y_true, y_pred):
+        # What lossdsl guarantees, by hand: the rows the mask drops are replaced
+        # before the term is computed, so a NaN there cannot reach the gradient.
+        bce = ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
+        m = ops.greater_equal(y_pred[:, 0], 0.5)
+        t = ops.where(m, y_true[:, 1], 0.0)
+        p = ops.where(m, y_pred[:, 1], 0.5)
+        return bce + ops.where(m, ops.square(t - p), 0.0)
+
+    def four_terms_nan_safe(y_true, y_pred, alpha=0.7, beta=0.2):
+        box_t, box_p = y_true[:, 2:5], y_pred[:, 2:5]
+        huber = keras.losses.huber(box_t, box_p, delta=0.5)
+        mse = ops.square(y_true[:, 1] - y_pred[:, 1])
+        bce = ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
+        m = ops.equal(y_true[:, 0], 1.0)
+        m2 = ops.expand_dims(m, -1)
+        safe_t, safe_p = ops.where(m2, box_t, 0.0), ops.where(m2, box_p, 0.5)
+        mae = ops.where(m, ops.mean(ops.abs(safe_t - safe_p), axis=-1), 0.0)
+        n = ops.cast(ops.shape(m)[0], y_pred.dtype)
+        scale = ops.divide_no_nan(n, ops.sum(ops.cast(m, y_pred.dtype)))
+        return alpha * huber + (1 - alpha) * mse + beta * bce + mae * scale
+
     def cce_and_bce(y_true, y_pred):
         cce = keras.losses.categorical_crossentropy(y_true[:, 5:8], y_pred[:, 5:8])
         return cce + ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
@@ -103,12 +125,14 @@ def _cases() -> list[dict[str, Any]]:
             "formula": "bce(presence) + mse(loc) where pred(presence) >= 0.5",
             "where_mean": "batch",
             "hand": seed_example_2,
+            "hand_nan_safe": seed_example_2_nan_safe,
         },
         {
             "name": "four terms",
             "formula": "alpha*huber(box, delta=0.5) + (1 - alpha)*mse(loc) + beta*bce(presence)"
             " + mae(box) where true(presence) == 1",
             "hand": four_terms,
+            "hand_nan_safe": four_terms_nan_safe,
         },
         {"name": "cce + bce", "formula": "cce(cls) + bce(presence)", "hand": cce_and_bce},
         {
@@ -119,6 +143,18 @@ def _cases() -> list[dict[str, Any]]:
             "hand": naive_repeats,
         },
     ]
+
+
+def _evaluation_cases() -> list[dict[str, Any]]:
+    """Each case, and for a where-term also against a hand-written loss with the
+    same guarantee as lossdsl's (a NaN in a masked row reaches neither value nor
+    gradient), which a mask multiply does not give."""
+    out = []
+    for case in _cases():
+        out.append(case)
+        if "hand_nan_safe" in case:
+            out.append({**case, "name": f"{case['name']}, NaN-safe", "hand": case["hand_nan_safe"]})
+    return out
 
 
 def _data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +213,7 @@ def _tf_evaluations(repeats: int) -> list[dict[str, Any]]:
         }
     ]
     big = np.ones(2**26, "float32")  # 256 MiB, one thread
-    np_read = alternate({"np": lambda: big.sum()}, max(3, repeats // 3))["np"]
+    np_read = alternate({"np": big.sum}, max(3, repeats // 3))["np"]
     rows.append(
         {
             "section": "bandwidth",
@@ -186,7 +222,7 @@ def _tf_evaluations(repeats: int) -> list[dict[str, Any]]:
             "gbps": big.nbytes / np_read / 1e9,
         }
     )
-    for case in _cases():
+    for case in _evaluation_cases():
         loss = _loss_of(case)
         want = np.mean(np.asarray(case["hand"](y_true, y_pred)), dtype=np.float64)
         got = float(ops.mean(loss.call(y_true, y_pred)))
@@ -227,7 +263,7 @@ def _jax_evaluations(repeats: int) -> list[dict[str, Any]]:
     read = jax.jit(lambda t, p: ops.sum(t) + ops.sum(p))
     floor = alternate({"read": lambda: read(y_true, y_pred).block_until_ready()}, repeats)["read"]
     rows = []
-    for case in _cases():
+    for case in _evaluation_cases():
         loss = _loss_of(case)
         fns = {
             "lossdsl": jax.jit(lambda t, p, f=loss.call: ops.mean(f(t, p))),
@@ -288,9 +324,10 @@ def _first_calls(repeats: int) -> list[dict[str, Any]]:
 
             def first_call(fn: Callable[..., Any], jit: bool = jit) -> Callable[[], Any]:
                 # A new tf.function each time: the call traces (and compiles) afresh.
-                return lambda: tf.function(lambda t, p: ops.mean(fn(t, p)), jit_compile=jit)(
-                    y_true, y_pred
-                ).numpy()
+                def traced(yt: Any, yp: Any) -> Any:
+                    return ops.mean(fn(yt, yp))
+
+                return lambda: tf.function(traced, jit_compile=jit)(y_true, y_pred).numpy()
 
             loss = _loss_of(case)
             t = alternate(

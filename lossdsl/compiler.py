@@ -24,6 +24,7 @@ time) and tensors of ``y_pred``'s dtype once they touch the data.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,15 +50,7 @@ _SAFE_TRUE = 0.0
 _SAFE_PRED = 0.5
 
 
-def _focal(
-    y_true: Any,
-    y_pred: Any,
-    *,
-    gamma: float = 2.0,
-    alpha: float | None = None,
-    from_logits: bool = False,
-    label_smoothing: float = 0.0,
-) -> Any:
+def _focal(y_true: Any, y_pred: Any, **kwargs: Any) -> Any:
     """``keras.losses.binary_focal_crossentropy``, value for value, with two
     differences that only matter where Keras goes wrong:
 
@@ -66,6 +59,19 @@ def _focal(
     * the focal factor ``(1 - p_t) ** gamma`` has a finite gradient where
       ``p_t == 1`` (Keras's ``power`` gives NaN there for ``gamma < 1``).
     """
+    return ops.mean(_focal_each(y_true, y_pred, **kwargs), axis=-1)
+
+
+def _focal_each(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    gamma: float = 2.0,
+    alpha: float | None = None,
+    from_logits: bool = False,
+    label_smoothing: float = 0.0,
+) -> Any:
+    """``_focal`` before its mean over the units: one value per element."""
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(y_true, y_pred.dtype)
     if label_smoothing:
@@ -82,7 +88,68 @@ def _focal(
     out = factor * bce
     if alpha is not None:
         out = out * (y_true * alpha + (1.0 - y_true) * (1.0 - alpha))
-    return ops.mean(out, axis=-1)
+    return out
+
+
+# One unit: each built-in loss below is Keras's own expression before its mean
+# over the last axis, applied to the column itself. A mean of one value is that
+# value, bit for bit, so the result is Keras's; but TensorFlow's graph mode would
+# otherwise run a reduction (and a slow strided slice) per loss call.
+# tests/test_values.py checks each against keras.losses on one unit.
+
+
+def _bce_each(
+    y_true: Any, y_pred: Any, from_logits: bool = False, label_smoothing: float = 0.0
+) -> Any:
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    return ops.binary_crossentropy(y_true, y_pred, from_logits=from_logits)
+
+
+def _huber_each(y_true: Any, y_pred: Any, delta: float = 1.0) -> Any:
+    delta = ops.convert_to_tensor(delta, dtype=y_pred.dtype)
+    error = ops.subtract(y_pred, y_true)
+    abs_error = ops.abs(error)
+    half = ops.convert_to_tensor(0.5, dtype=abs_error.dtype)
+    return ops.where(
+        abs_error <= delta, half * ops.square(error), delta * abs_error - half * ops.square(delta)
+    )
+
+
+def _mape_each(y_true: Any, y_pred: Any) -> Any:
+    epsilon = ops.convert_to_tensor(keras.backend.epsilon(), dtype=y_pred.dtype)
+    return 100.0 * ops.abs((y_true - y_pred) / ops.maximum(ops.abs(y_true), epsilon))
+
+
+def _msle_each(y_true: Any, y_pred: Any) -> Any:
+    epsilon = ops.convert_to_tensor(keras.backend.epsilon())
+    first_log = ops.log(ops.maximum(y_pred, epsilon) + 1.0)
+    second_log = ops.log(ops.maximum(y_true, epsilon) + 1.0)
+    return ops.square(first_log - second_log)
+
+
+def _log_cosh_each(y_true: Any, y_pred: Any) -> Any:
+    log2 = ops.convert_to_tensor(ops.log(2.0), dtype=y_pred.dtype)
+    x = y_pred - y_true
+    return x + ops.softplus(x * -2.0) - log2
+
+
+def _poisson_each(y_true: Any, y_pred: Any) -> Any:
+    epsilon = ops.convert_to_tensor(keras.backend.epsilon(), dtype=y_pred.dtype)
+    return y_pred - y_true * ops.log(y_pred + epsilon)
+
+
+_ONE_UNIT: dict[str, Callable[..., Any]] = {
+    "bce": _bce_each,
+    "focal": _focal_each,
+    "mse": lambda y_true, y_pred: ops.square(y_true - y_pred),
+    "mae": lambda y_true, y_pred: ops.abs(y_true - y_pred),
+    "mape": _mape_each,
+    "msle": _msle_each,
+    "huber": _huber_each,
+    "log_cosh": _log_cosh_each,
+    "poisson": _poisson_each,
+}
 
 
 # Keras's losses clip probabilities to [1e-7, 1 - 1e-7] and guard divisions and
@@ -108,6 +175,14 @@ def _in_float32(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def one_unit_loss_fn(name: str) -> Callable[..., Any] | None:
+    """For a built-in loss over one unit: the function of the 1-D columns
+    ``y_true[..., j]`` and ``y_pred[..., j]`` giving its per-sample value, or
+    ``None`` if there is none (then ``builtin_loss_fn`` is used)."""
+    fn = _ONE_UNIT.get(name)
+    return None if fn is None or LOSSES[name].fn is not None else _in_float32(fn)
+
+
 def builtin_loss_fn(name: str) -> Callable[..., Any]:
     """The function computing a loss's per-sample value from the selected columns.
 
@@ -128,9 +203,15 @@ Node = Callable[["_Ctx"], Value]
 
 class _Ctx:
     """The tensors one evaluation reads: inputs, dtype, parameters, and, inside
-    a ``where`` term, the mask whose false rows are replaced before use."""
+    a ``where`` term, the mask whose false rows are replaced before use.
 
-    __slots__ = ("_cache", "all_true", "dtype", "mask", "params", "y_pred", "y_true")
+    It also remembers what this evaluation has computed: each column read
+    (sliced once however many terms and conditions read it, masked or not) and
+    the value of each repeated subexpression (see ``Program._compile``)."""
+
+    __slots__ = (
+        "_all_true", "_columns", "_raw", "dtype", "mask", "memo", "params", "y_pred", "y_true",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -138,32 +219,83 @@ class _Ctx:
         y_pred: Any,
         dtype: str,
         params: Mapping[str, Any],
-        all_true: Any,
         *,
         mask: Any = None,
+        parent: _Ctx | None = None,
     ) -> None:
         self.y_true = y_true
         self.y_pred = y_pred
         self.dtype = dtype
         self.params = params
-        self.all_true = all_true
         self.mask = mask
-        self._cache: dict[tuple[bool, int, int], Any] = {}
+        self.memo: dict[int, Any] = {}
+        self._all_true = None if parent is None else parent._all_true
+        # Unmasked slices are shared with the context a where-term masks.
+        self._raw: dict[tuple[bool, int, int], Any] = {} if parent is None else parent._raw
+        self._columns: dict[tuple[bool, int, int], Any] = {}
+
+    @property
+    def sample_shape(self) -> tuple[Any, ...]:
+        """``y_pred.shape[:-1]``: one value per sample."""
+        return tuple(self.y_pred.shape)[:-1]
+
+    @property
+    def all_true(self) -> Any:
+        """A boolean ``True`` per sample (built on first use)."""
+        if self._all_true is None:
+            self._all_true = ops.ones_like(self._slice(True, 0, -1), dtype="bool")
+        return self._all_true
 
     def masked(self, m: Any) -> _Ctx:
         """The same inputs, read with the rows where ``m`` is false replaced by a
         safe value (only the columns the term reads are touched)."""
-        return _Ctx(self.y_true, self.y_pred, self.dtype, self.params, self.all_true, mask=m)
+        return _Ctx(self.y_true, self.y_pred, self.dtype, self.params, mask=m, parent=self)
+
+    def _slice(self, pred: bool, start: int, stop: int) -> Any:
+        """``y[..., start]`` for ``stop == -1``, else ``y[..., start:stop]``, unmasked."""
+        key = (pred, start, stop)
+        if key not in self._raw:
+            y = self.y_pred if pred else self.y_true
+            # An integer index, not start:start + 1: TensorFlow's kernel for a
+            # shrinking strided slice is several times faster in graph mode.
+            self._raw[key] = y[..., start] if stop == -1 else y[..., start:stop]
+        return self._raw[key]
+
+    def column(self, pred: bool, index: int) -> Any:
+        """``y_pred[..., index]`` (or ``y_true``), sanitised inside a where-term."""
+        key = (pred, index, -1)
+        if key not in self._columns:
+            x = self._slice(pred, index, -1)
+            if self.mask is not None:
+                x = ops.where(self.mask, x, _SAFE_PRED if pred else _SAFE_TRUE)
+            self._columns[key] = x
+        return self._columns[key]
 
     def columns(self, pred: bool, start: int, stop: int) -> Any:
         """``y_pred[..., start:stop]`` (or ``y_true``), sanitised inside a where-term."""
         key = (pred, start, stop)
-        if key not in self._cache:
-            x = (self.y_pred if pred else self.y_true)[..., start:stop]
-            if self.mask is not None:
-                x = ops.where(ops.expand_dims(self.mask, -1), x, _SAFE_PRED if pred else _SAFE_TRUE)
-            self._cache[key] = x
-        return self._cache[key]
+        if key not in self._columns:
+            if stop - start == 1:
+                x = ops.expand_dims(self.column(pred, start), -1)
+            else:
+                x = self._slice(pred, start, stop)
+                if self.mask is not None:
+                    safe = _SAFE_PRED if pred else _SAFE_TRUE
+                    x = ops.where(ops.expand_dims(self.mask, -1), x, safe)
+            self._columns[key] = x
+        return self._columns[key]
+
+
+def _remembered(fn: Node) -> Node:
+    """``fn``, computed at most once per evaluation context."""
+    key = id(fn)
+
+    def run(ctx: _Ctx) -> Value:
+        if key not in ctx.memo:
+            ctx.memo[key] = fn(ctx)
+        return ctx.memo[key]
+
+    return run
 
 
 def _const(x: Value) -> bool:
@@ -234,12 +366,31 @@ class Program:
             raise ValueError(f"where_mean must be 'selected' or 'batch'. Received: {where_mean!r}.")
         self.checked = checked
         self.where_mean = where_mean
+        # Subexpressions written more than once (structurally: spans take no part
+        # in equality) share one closure, whose value each evaluation computes once.
+        self._repeated = {
+            node
+            for node, n in Counter(ast.walk(checked.formula.expr)).items()
+            if n > 1 and not isinstance(node, ast.Number | ast.Name)
+        }
+        self._closures: dict[ast.Node, Node] = {}
         self._root = self._compile(checked.formula.expr)
         self._terms: dict[tuple[int, bool], Callable[[_Ctx], tuple[Any, Any]]] = {}
 
     # -- building closures ----------------------------------------------------
 
     def _compile(self, node: ast.Node) -> Node:
+        """The closure computing ``node``: built once per distinct subtree, and
+        remembering its value in the evaluation's context if the subtree repeats."""
+        fn = self._closures.get(node)
+        if fn is None:
+            fn = self._build(node)
+            if node in self._repeated:
+                fn = _remembered(fn)
+            self._closures[node] = fn
+        return fn
+
+    def _build(self, node: ast.Node) -> Node:
         if isinstance(node, ast.Number):
             value = node.value
             return lambda ctx: value
@@ -301,21 +452,24 @@ class Program:
             assert cols is not None
             col = cols[0]
             pred = node.name == "pred"
-            return lambda ctx: ctx.columns(pred, col, col + 1)[..., 0]
+            return lambda ctx: ctx.column(pred, col)
         if node.name in _MATH_OPS:
             fn = _MATH_OPS[node.name]
             args = [self._compile(a) for a in node.args]
             return lambda ctx: fn(*(a(ctx) for a in args))
-        loss = builtin_loss_fn(node.name)
         cols = units.resolve(node.args[0])
         assert cols is not None
         start, stop = cols
         kwargs = {k.name: _literal(k.value) for k in node.kwargs}
         source, span = self.checked.formula.text(), node.span
+        each = one_unit_loss_fn(node.name) if stop - start == 1 else None
+        if each is not None:
+            return lambda ctx: each(ctx.column(False, start), ctx.column(True, start), **kwargs)
+        loss = builtin_loss_fn(node.name)
 
         def run(ctx: _Ctx) -> Value:
             out = loss(ctx.columns(False, start, stop), ctx.columns(True, start, stop), **kwargs)
-            want = tuple(ctx.all_true.shape)
+            want = ctx.sample_shape
             got = tuple(getattr(out, "shape", ()))
             if _shapes_differ(got, want):
                 raise LossValidationError(
@@ -394,8 +548,7 @@ class Program:
         y_true = ops.cast(y_true, dtype)
         self.check_inputs(y_true, y_pred)
         values = {k: ops.cast(v, dtype) for k, v in (params or self.checked.params).items()}
-        all_true = ops.ones_like(y_pred[..., 0], dtype="bool")
-        return _Ctx(y_true, y_pred, dtype, values, all_true)
+        return _Ctx(y_true, y_pred, dtype, values)
 
     @staticmethod
     def per_sample(value: Value, ctx: _Ctx) -> Any:
@@ -512,7 +665,7 @@ def _masked(ctx: _Ctx, cond: Node, term: Node) -> tuple[Any, Any]:
     """The mask of ``cond`` and ``term`` where it holds, 0 elsewhere: ``term``
     runs on inputs whose masked rows are replaced first (the double where)."""
     m = cond(ctx)
-    if _const(m) or len(m.shape) < len(ctx.all_true.shape):
+    if _const(m) or len(m.shape) < len(ctx.sample_shape):
         m = ops.logical_and(ctx.all_true, m)  # a constant condition: broadcast it
     value = ops.where(m, term(ctx.masked(m)), 0.0)
     return m, ops.cast(value, ctx.dtype)

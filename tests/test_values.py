@@ -222,7 +222,20 @@ BUILTINS = [  # name, selector, keywords, y_true kind, y_pred kind
     ("hinge", "u[1:4]", "", "label", "score"),
     ("squared_hinge", "u[0:2]", "", "label", "score"),
     ("cosine", "u[1:4]", "", "real", "real"),
+    # One unit: the compiler applies Keras's expression to the column itself.
+    ("bce", "u1", "from_logits=true, label_smoothing=0.2", "label", "logit"),
+    ("focal", "u4", "gamma=0.5, alpha=0.7", "label", "prob"),
+    ("focal", "u0", "from_logits=true", "label", "logit"),
+    ("mse", "u0", "", "real", "real"),
+    ("mape", "u2", "", "pos", "pos"),
+    ("msle", "u1", "", "pos", "pos"),
+    ("huber", "u3", "delta=0.3", "real", "real"),
+    ("log_cosh", "u0", "", "real", "real"),
+    ("poisson", "u2", "", "pos", "pos"),
+    ("kld", "u1", "", "pos", "pos"),
+    ("hinge", "u4", "", "label", "score"),
 ]
+ONE_UNIT = [i for i, c in enumerate(BUILTINS) if ":" not in c[1] and c[0] != "focal"]
 
 
 def builtin(case, seed):
@@ -249,6 +262,16 @@ def test_builtin_loss_matches_keras_and_numpy(i, mode):
     assert got.shape == (N,)
     close(got, getattr(keras.losses, KERAS[name])(yt[:, s], yp[:, s], **kw))
     close(got, NP_LOSSES[name](yt[:, s].astype(np.float64), yp[:, s].astype(np.float64), **kw))
+
+
+@pytest.mark.parametrize("i", ONE_UNIT, ids=[case_id(BUILTINS[i]) for i in ONE_UNIT])
+def test_one_unit_loss_is_keras_bit_for_bit(i):
+    """Over one unit the value is Keras's exactly (eagerly): a mean of one value."""
+    formula, kw, yt, yp = builtin(BUILTINS[i], seed=300 + i)
+    name, s = BUILTINS[i][0], cols(BUILTINS[i][1])
+    got = per_sample(lossdsl.compile_loss(formula), yt, yp)
+    want = np.asarray(getattr(keras.losses, KERAS[name])(yt[:, s], yp[:, s], **kw))
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("i", range(len(BUILTINS)), ids=[case_id(c) for c in BUILTINS])
