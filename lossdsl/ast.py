@@ -15,6 +15,7 @@ wide tree, not a deep one; the parser bounds the depth.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -42,6 +43,9 @@ __all__ = [
     "format_number",
     "walk",
 ]
+
+
+_second = operator.itemgetter(1)
 
 
 class Node:
@@ -116,7 +120,7 @@ class Call(Node):
     name_span: Span | None = field(default=None, compare=False, repr=False)
 
     def children(self) -> tuple[Node, ...]:
-        return (*self.args, *self.kwargs)
+        return self.args + self.kwargs if self.kwargs else self.args
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +142,7 @@ class Sum(Node):
     span: Span | None = field(default=None, compare=False, repr=False)
 
     def children(self) -> tuple[Node, ...]:
-        return tuple(e for _, e in self.terms)
+        return tuple(map(_second, self.terms))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +153,7 @@ class Product(Node):
     span: Span | None = field(default=None, compare=False, repr=False)
 
     def children(self) -> tuple[Node, ...]:
-        return tuple(e for _, e in self.factors)
+        return tuple(map(_second, self.factors))
 
 
 @dataclass(frozen=True, slots=True)

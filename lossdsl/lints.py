@@ -118,7 +118,8 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
         elif isinstance(node, ast.Where):
             wheres.append(node)
     for node in wheres:
-        shared = _columns(checked, node.cond, ("pred",)) & _trained(checked, node.term)
+        conditioned = _columns(checked, node.cond, ("pred",))
+        shared = conditioned and conditioned & _trained(checked, node.term)
         if shared:
             units = ", ".join(f"u{c}" for c in sorted(shared))
             yield _make(

@@ -241,18 +241,27 @@ def _has_data(node: ast.Node) -> bool:
 def _data_index(root: ast.Node) -> tuple[list[ast.Node], dict[int, bool]]:
     """Every node under ``root`` in pre-order, and ``_has_data`` of each by
     ``id``: one pass without recursion, children judged before parents."""
-    order: list[tuple[ast.Node, tuple[ast.Node, ...]]] = []
+    order: list[ast.Node] = []
+    kids: list[tuple[ast.Node, ...]] = []
     stack = [root]
     while stack:
         node = stack.pop()
         children = node.children()
-        order.append((node, children))
+        order.append(node)
+        kids.append(children)
         if children:
             stack.extend(reversed(children))
     data: dict[int, bool] = {}
-    for node, children in reversed(order):
-        data[id(node)] = _reads_data(node) or any(data[id(c)] for c in children)
-    return [node for node, _ in order], data
+    for i in range(len(order) - 1, -1, -1):
+        node = order[i]
+        reads = _reads_data(node)
+        if not reads:
+            for c in kids[i]:
+                if data[id(c)]:
+                    reads = True
+                    break
+        data[id(node)] = reads
+    return order, data
 
 
 def _evaluate(node: ast.Node, params: Mapping[str, float]) -> float:
