@@ -19,6 +19,7 @@ import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from lossdsl.catalog import MATH
 from lossdsl.errors import Span
 
 __all__ = [
@@ -281,6 +282,14 @@ def _prec(node: Node) -> int:
     return _ATOM
 
 
+def _constant(node: Node) -> bool:
+    """Whether ``node`` reads no data: no unit, no ``where`` and no call but math."""
+    for n in walk(node):
+        if isinstance(n, Unit | UnitSlice | Where) or (isinstance(n, Call) and n.name not in MATH):
+            return False
+    return True
+
+
 def _text(node: Node, need: int) -> str:
     text = _bare(node)
     return f"({text})" if _prec(node) < need else text
@@ -304,9 +313,14 @@ def _bare(node: Node) -> str:
     if isinstance(node, Neg):
         return "-" + _text(node.operand, _UNARY)
     if isinstance(node, Sum):
-        out = _text(node.terms[0][1], _WHERE)
-        for op, e in node.terms[1:]:
-            out += f" {op} {_text(e, _WHERE)}"
+        terms = node.terms
+        out = ""
+        for i, (op, e) in enumerate(terms):
+            # `T where C + 1` reads as if 1 were part of C (validation rejects it):
+            # a where-term followed by a constant keeps its parentheses.
+            closed = isinstance(e, Where) and i + 1 < len(terms) and _constant(terms[i + 1][1])
+            text = f"({_bare(e)})" if closed else _text(e, _WHERE)
+            out += f" {op} {text}" if i else text
         return out
     if isinstance(node, Product):
         out = _text(node.factors[0][1], _UNARY)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -331,6 +332,9 @@ _MATH_FNS: dict[str, Any] = {
 }
 
 
+_COMMENT = re.compile(r"#[^\n]*")
+
+
 class _Checker:
     """One walk over the AST, collecting problems instead of stopping at the first."""
 
@@ -401,7 +405,7 @@ class _Checker:
             for (_, before), (op, after) in zip(node.terms, node.terms[1:], strict=False):
                 if (
                     isinstance(before, ast.Where)
-                    and not self.parenthesised(before)
+                    and not self.closed(before, after)
                     and not self.has_data(after)
                 ):
                     self.error(
@@ -458,8 +462,16 @@ class _Checker:
         self.expr(node.term, in_where=True, in_arg=in_arg, in_cond=in_cond)
         self.cond(node.cond)
 
-    def parenthesised(self, node: ast.Node) -> bool:
-        return bool(node.span) and self.source[node.span[0] : node.span[0] + 1] == "("  # type: ignore[index]
+    def closed(self, where: ast.Where, after: ast.Expr) -> bool:
+        """Whether a parenthesis ends ``where``'s condition before the term
+        ``after``: ``(T where C) + 1`` and ``(S + T where C) + 1`` (the parser
+        splices the inner sum into the outer one), unlike ``T where C + 1``."""
+        if not where.span or not after.span:
+            return False
+        if self.source[where.span[0] : where.span[0] + 1] == "(":
+            return True
+        between = self.source[where.span[1] : after.span[0]]
+        return ")" in _COMMENT.sub("", between)
 
     def constant_divisor(self, node: ast.Expr) -> None:
         try:

@@ -295,3 +295,22 @@ def test_driver_matches_lark_on_token_soup(text: str) -> None:
 @pytest.mark.parametrize("text", _CORNER_CASES)
 def test_driver_matches_lark_on_corner_cases(text: str) -> None:
     _lark_and_driver_agree(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        (
+            "(mse(u1) + mse(u0) where true(u0) == 1) + 0.5",
+            "mse(u1) + (mse(u0) where true(u0) == 1) + 0.5",
+        ),
+        ("(mse(u0) where true(u0) == 1) - 1", "(mse(u0) where true(u0) == 1) - 1"),
+        ("(mse(u0) where true(u0) == 1) + mse(u1)", "mse(u0) where true(u0) == 1 + mse(u1)"),
+    ],
+)
+def test_canonical_text_of_a_valid_formula_is_valid(text: str, canonical: str) -> None:
+    # A where-term followed by a constant keeps its parentheses: `T where C + 1`
+    # would read as a comparison with C + 1, which validation rejects.
+    f = lossdsl.validate(text, units=2)
+    assert str(f) == canonical
+    assert lossdsl.validate(canonical, units=2) == f
