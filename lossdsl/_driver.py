@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from lark import Lark, Token
+from lark import Lark
 from lark.lexer import PatternStr
 from lark.parsers.lalr_analysis import Shift
 
@@ -39,6 +39,18 @@ _END = "$END"
 
 class UnsupportedGrammar(Exception):
     """The grammar uses a Lark feature this driver does not reproduce."""
+
+
+class _Token(str):
+    """The text of a token and what the transformer reads of it: ``type``,
+    ``start_pos`` and ``end_pos``, as on a Lark ``Token`` (which costs several
+    times as much to make)."""
+
+    __slots__ = ("end_pos", "start_pos", "type")
+
+    start_pos: int
+    end_pos: int
+    type: str
 
 
 class _Spliced(list[Any]):
@@ -232,7 +244,9 @@ class Driver:
                     return None  # a syntax error: Lark will say which
                 if code >= 0:  # shift; a token no rule keeps is never looked at
                     if kind in kept:
-                        values.append(Token(kind, value, start, None, None, None, None, end))
+                        token = str.__new__(_Token, value)
+                        token.type, token.start_pos, token.end_pos = kind, start, end
+                        values.append(token)
                     else:
                         values.append(None)
                     states.append(code)

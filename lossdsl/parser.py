@@ -97,7 +97,9 @@ def grammar_text() -> str:
 
 
 def _span(start: Token, end: Token | ast.Node) -> Span:
-    stop = end.end_pos if isinstance(end, Token) else _end(end)
+    # ``start`` and ``end`` are tokens from Lark or from lossdsl._driver: both
+    # carry start_pos and end_pos.
+    stop = _end(end) if isinstance(end, ast.Node) else end.end_pos
     return (start.start_pos or 0, stop or 0)
 
 
