@@ -237,3 +237,13 @@ class FormulaLoss(keras.losses.Loss):
 
     def __repr__(self) -> str:
         return f"FormulaLoss({str(self.formula)!r}, name={self.name!r})"
+
+
+# TensorFlow's autograph rewrites, on first trace, every function a user's
+# tf.function calls that is not in an allowlisted module (Keras is one): for a
+# compiled formula, each of its closures. That is slow, warns about lambdas, and
+# changes nothing, since the compiled loss has no Python control flow on tensors.
+# Autograph calls a function carrying this attribute as it is (the attribute
+# ``tf.autograph.experimental.do_not_convert`` sets); other backends ignore it.
+for _method in (FormulaLoss.call, FormulaLoss.per_sample, FormulaLoss.terms):
+    _method.autograph_info__ = None  # type: ignore[attr-defined]

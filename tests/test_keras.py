@@ -328,3 +328,20 @@ def test_call_converts_input_dtypes_itself() -> None:
     np.testing.assert_allclose(out, ref, rtol=1e-12)
     out32 = loss.call(y_true, y_pred.astype("float32"))
     assert keras.backend.standardize_dtype(out32.dtype) == "float32"
+
+
+def test_autograph_leaves_the_compiled_formula_alone() -> None:
+    """A user's tf.function calling loss.call does not rewrite the formula's closures
+    (slow, and they have no control flow on tensors): TensorFlow's own predicate for
+    functions autograph calls unconverted holds for the public entry points."""
+    from tensorflow.python.autograph.impl import api
+
+    loss = lossdsl.compile_loss("bce(u0) + mse(u1) where true(u0) == 1", units=2)
+    assert all(api.is_autograph_artifact(m) for m in (loss.call, loss.per_sample, loss.terms))
+    y = tf.constant([[1.0, 0.5], [0.0, 0.2]])
+
+    def user_step(t, p):  # a user's own function, which autograph does convert
+        return loss.call(t, p)
+
+    traced = tf.function(user_step)
+    np.testing.assert_allclose(traced(y, y * 0.9), loss.call(y, y * 0.9), rtol=1e-6)
