@@ -35,6 +35,7 @@ from lark.parsers.lalr_analysis import Shift
 __all__ = ["Driver", "UnsupportedGrammar"]
 
 _END = "$END"
+_NO_TERMINAL = "lossdsl_no_terminal"
 
 
 class UnsupportedGrammar(Exception):
@@ -71,7 +72,10 @@ class Driver:
             lark.terminals,
             key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value), t.name),
         )
-        self._lexer = re.compile("|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in every))
+        self._lexer = re.compile(
+            "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in every)
+            + f"|(?P<{_NO_TERMINAL}>(?s:.))"
+        )
         self._ignore = ignore
         self._terminals = [t.name for t in every if t.name not in ignore]
         self._fullmatch = {
@@ -147,8 +151,15 @@ class Driver:
         if method is None and not helper and not opts.expand1:
             raise UnsupportedGrammar(f"no transformer method for {name}")
         single = opts.expand1 and not rule.alias
-        if single and len(rule.expansion) == 1 and plan == [(0, False, 0)] and not trailing:
-            return 1, str(rule.origin.name), None  # a ?rule passing its one child through
+        size, origin = len(rule.expansion), str(rule.origin.name)
+        if single and size == 1 and plan == [(0, False, 0)] and not trailing:
+            return 1, origin, None  # a ?rule passing its one child through
+        simple = not trailing and all(not splice and not nones for _, splice, nones in plan)
+        if simple and method is not None and not helper and not single:
+            keep = [i for i, _, _ in plan]
+            if keep == list(range(size)):
+                return size, origin, method  # every value is a child, in order
+            return size, origin, lambda values: method([values[i] for i in keep])
 
         def build(values: list[Any]) -> Any:
             children: list[Any] = []
@@ -169,7 +180,7 @@ class Driver:
                 raise UnsupportedGrammar(f"no transformer method for {name}")
             return method(children)
 
-        return len(rule.expansion), str(rule.origin.name), build
+        return size, origin, build
 
     def _kinds(self, kind: str, value: str) -> tuple[str, ...]:
         """Every terminal that matches ``value`` exactly: string terminals
@@ -194,20 +205,21 @@ class Driver:
     def _tokens(self, text: str) -> list[tuple[tuple[str, ...], str, int, int]] | None:
         """``(terminals it may be, text, start, end)`` per token, then ``$END``;
         ``None`` at a character no terminal matches."""
-        match, ignore, kinds_of = self._lexer.match, self._ignore, self._kinds
+        ignore, cache, kinds_of = self._ignore, self._kinds_cache, self._kinds
         out = []
-        pos, n = 0, len(text)
-        while pos < n:
-            m = match(text, pos)
-            if m is None:
+        end = 0
+        # Every position matches: a terminal, or the catch-all that ends the lexing.
+        for m in self._lexer.finditer(text):
+            kind = m.lastgroup
+            if kind == _NO_TERMINAL:
                 return None
-            kind, end = m.lastgroup, m.end()
             assert kind is not None
+            start, end = m.span()
             if kind not in ignore:
                 value = m.group()
-                out.append((kinds_of(kind, value), value, pos, end))
-            pos = end
-        out.append(((_END,), "", n, n))
+                kinds = cache.get((kind, value)) or kinds_of(kind, value)
+                out.append((kinds, value, start, end))
+        out.append(((_END,), "", end, end))
         return out
 
     def _chain(self, below: int, top: int, kinds: tuple[str, ...]) -> int:
