@@ -96,22 +96,29 @@ def _check_line(formula: str, units: Any, params: Any, strict: bool) -> dict[str
         checked = check(formula, units=units, params=params)
     except LossDSLError as e:
         return {"valid": False, "errors": _error_json(e), "warnings": []}
+    found = lint(checked)
+    if not found:
+        return _VALID
     source = checked.formula.text()
-    lints = [item for e in lint(checked) for item in _error_json(e.with_source(source))]
-    if strict and lints:
+    lints = [item for e in found for item in _error_json(e.with_source(source))]
+    if strict:
         return {"valid": False, "errors": lints, "warnings": []}
     return {"valid": True, "errors": [], "warnings": lints}
+
+
+_VALID: dict[str, Any] = {"valid": True, "errors": [], "warnings": []}
+_VALID_LINE = json.dumps(_VALID) + "\n"  # the common answer, encoded once
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     if args.stdin:
         units, params = _json_arg(args.units, "units"), _json_arg(args.params, "params") or {}
         ok = True
+        write = sys.stdout.write
         for line in sys.stdin:
-            formula = line.rstrip("\n")
-            result = _check_line(formula, units, params, args.strict)
+            result = _check_line(line.rstrip("\n"), units, params, args.strict)
             ok = ok and result["valid"]
-            sys.stdout.write(json.dumps(result) + "\n")
+            write(_VALID_LINE if result is _VALID else json.dumps(result) + "\n")
         return 0 if ok else 1
     try:
         spec = _spec_from(args)
