@@ -42,6 +42,8 @@ __all__ = [
     "UnitSlice",
     "Where",
     "format_number",
+    "has_data",
+    "reads_data",
     "walk",
 ]
 
@@ -282,12 +284,17 @@ def _prec(node: Node) -> int:
     return _ATOM
 
 
-def _constant(node: Node) -> bool:
-    """Whether ``node`` reads no data: no unit, no ``where`` and no call but math."""
-    for n in walk(node):
-        if isinstance(n, Unit | UnitSlice | Where) or (isinstance(n, Call) and n.name not in MATH):
-            return False
-    return True
+def reads_data(node: Node) -> bool:
+    """Whether ``node`` itself, not counting its children, reads ``y_true`` or
+    ``y_pred``: a unit, a ``where`` or a call that is not a math function."""
+    if isinstance(node, Unit | UnitSlice | Where):
+        return True
+    return isinstance(node, Call) and node.name not in MATH
+
+
+def has_data(node: Node) -> bool:
+    """Whether ``node`` depends on the data (is not a constant)."""
+    return any(reads_data(n) for n in walk(node))
 
 
 def _text(node: Node, need: int) -> str:
@@ -318,7 +325,7 @@ def _bare(node: Node) -> str:
         for i, (op, e) in enumerate(terms):
             # `T where C + 1` reads as if 1 were part of C (validation rejects it):
             # a where-term followed by a constant keeps its parentheses.
-            closed = isinstance(e, Where) and i + 1 < len(terms) and _constant(terms[i + 1][1])
+            closed = isinstance(e, Where) and i + 1 < len(terms) and not has_data(terms[i + 1][1])
             text = f"({_bare(e)})" if closed else _text(e, _WHERE)
             out += f" {op} {text}" if i else text
         return out

@@ -227,20 +227,8 @@ class _Undefined(Exception):
         self.message = message
 
 
-def _reads_data(node: ast.Node) -> bool:
-    """Whether ``node`` itself (not counting its children) reads the data."""
-    if isinstance(node, ast.Where | ast.Unit | ast.UnitSlice):
-        return True
-    return isinstance(node, ast.Call) and node.name not in MATH
-
-
-def _has_data(node: ast.Node) -> bool:
-    """Whether ``node`` depends on ``y_true``/``y_pred`` (is not a constant)."""
-    return any(_reads_data(n) for n in ast.walk(node))
-
-
 def _data_index(root: ast.Node) -> tuple[list[ast.Node], dict[int, bool]]:
-    """Every node under ``root`` in pre-order, and ``_has_data`` of each by
+    """Every node under ``root`` in pre-order, and ``ast.has_data`` of each by
     ``id``: one pass without recursion, children judged before parents."""
     order: list[ast.Node] = []
     kids: list[tuple[ast.Node, ...]] = []
@@ -255,7 +243,7 @@ def _data_index(root: ast.Node) -> tuple[list[ast.Node], dict[int, bool]]:
     data: dict[int, bool] = {}
     for i in range(len(order) - 1, -1, -1):
         node = order[i]
-        reads = _reads_data(node)
+        reads = ast.reads_data(node)
         if not reads:
             for c in kids[i]:
                 if data[id(c)]:
@@ -357,9 +345,9 @@ class _Checker:
         self.problems.append(LossValidationError(message, span=span, hint=hint))
 
     def has_data(self, node: ast.Node) -> bool:
-        """``_has_data(node)``, looked up in the index of the formula's nodes."""
+        """``ast.has_data(node)``, looked up in the index of the formula's nodes."""
         known = self._data.get(id(node))
-        return _has_data(node) if known is None else known
+        return ast.has_data(node) if known is None else known
 
     # -- values ---------------------------------------------------------------
 
@@ -807,8 +795,8 @@ def split_term(
             cond = node.cond
             node = node.term
         elif isinstance(node, ast.Product):
-            data = [(op, e) for op, e in node.factors if _has_data(e)]
-            consts = [(op, e) for op, e in node.factors if not _has_data(e)]
+            data = [(op, e) for op, e in node.factors if ast.has_data(e)]
+            consts = [(op, e) for op, e in node.factors if not ast.has_data(e)]
             if not consts or not data:
                 break
             scalars.extend(consts)

@@ -40,12 +40,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from reference import EPS, close, data_kinds, sigmoid, traced, xent, xent_logits
+from reference import cce as _cce
 
 import lossdsl
 
 MODES = ["eager", "xla"]
 MEANS = ["selected", "batch"]
-EPS = 1e-7  # keras.config.epsilon()
 LO, HI = float(np.float32(EPS)), float(np.float32(1 - EPS))  # Keras's clip bounds, in float32
 F32_MAX = float(np.finfo(np.float32).max)
 # Relative precision of a value rounded to each dtype (half an ulp at 1, with room for the
@@ -54,10 +55,6 @@ RTOL = {"float16": 1e-3, "bfloat16": 8e-3}
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def traced(fn, mode):
-    return tf.function(fn, jit_compile=True) if mode == "xla" else fn
 
 
 def f64(x):
@@ -106,10 +103,6 @@ def both(loss, yt, yp, mode):
     return (v, g), (total, total_g)
 
 
-def close(actual, expected, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
-
-
 def finite(*arrays):
     for a in arrays:
         assert np.isfinite(a).all(), a
@@ -123,58 +116,31 @@ def k_where(term, mask, where_mean):
     return term * m * ops.divide_no_nan(float(m.shape[0]), ops.sum(m))
 
 
-# NumPy float64 references, from the math.
+# NumPy float64 references, from the math, with Keras's clip bounds as float32 holds them.
 
 
 def np_xent(t, p):
-    p = np.clip(p, LO, HI)
-    return -(t * np.log(p) + (1 - t) * np.log(1 - p))
+    return xent(t, p, LO, HI)
 
 
-def np_xent_logits(t, x):
-    return np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
-
-
-def np_sigmoid(x):
-    return np.exp(-np.logaddexp(0.0, -x))
+def np_cce(t, p, from_logits=False, label_smoothing=0.0):
+    return _cce(t, p, from_logits, label_smoothing, lo=LO, hi=HI)
 
 
 def np_focal(t, p, *, gamma=2.0, alpha=None, from_logits=False, label_smoothing=0.0):
     t = t * (1 - label_smoothing) + 0.5 * label_smoothing
-    xent = np_xent_logits(t, p) if from_logits else np_xent(t, p)
-    q = np_sigmoid(p) if from_logits else p
+    xent = xent_logits(t, p) if from_logits else np_xent(t, p)
+    q = sigmoid(p) if from_logits else p
     out = (1 - (t * q + (1 - t) * (1 - q))) ** gamma * xent
     if alpha is not None:
         out = out * (t * alpha + (1 - t) * (1 - alpha))
     return out.mean(-1)
 
 
-def np_log_softmax(x):
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
-def np_cce(t, p, from_logits=False, label_smoothing=0.0):
-    t = t * (1 - label_smoothing) + label_smoothing / t.shape[-1]
-    logq = (
-        np_log_softmax(p) if from_logits else np.log(np.clip(p / p.sum(-1, keepdims=True), LO, HI))
-    )
-    return -np.sum(t * logq, -1)
-
-
 # -- the built-in losses, with data in their domain -------------------------------------------
 
 N = 12
-GEN = {
-    "label": lambda r, k: r.integers(0, 2, (N, k)),
-    "prob": lambda r, k: r.uniform(0.02, 0.98, (N, k)),
-    "logit": lambda r, k: r.normal(0, 3, (N, k)),
-    "score": lambda r, k: r.uniform(-2, 2, (N, k)),
-    "pos": lambda r, k: r.uniform(0.1, 3, (N, k)),
-    "real": lambda r, k: r.normal(0, 1.5, (N, k)),
-    "onehot": lambda r, k: np.eye(k)[r.integers(0, k, N)],
-    "simplex": lambda r, k: np.exp(np_log_softmax(r.normal(0, 1.5, (N, k)))),
-}
+GEN = data_kinds(N)
 BUILTINS = [  # formula on u[0:3], Keras function, its keywords, y_true kind, y_pred kind
     ("bce(u[0:3])", "binary_crossentropy", {}, "label", "prob"),
     ("bce(u[0:3], from_logits=true, label_smoothing=0.1)", "binary_crossentropy",
@@ -411,7 +377,7 @@ def test_probabilities_of_exactly_0_and_1(i, mode):
 
 LOGITS = [  # formula, Keras function, its keywords, NumPy reference
     ("bce(u[0:2], from_logits=true)", "binary_crossentropy", {"from_logits": True},
-     lambda t, x: np_xent_logits(t, x).mean(-1)),
+     lambda t, x: xent_logits(t, x).mean(-1)),
     ("focal(u[0:2], from_logits=true)", "binary_focal_crossentropy", {"from_logits": True},
      lambda t, x: np_focal(t, x, from_logits=True)),
     ("focal(u[0:2], gamma=0.5, alpha=0.4, from_logits=true)", "binary_focal_crossentropy",

@@ -14,25 +14,25 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
+from reference import (
+    EPS,
+    cce,
+    close,
+    data_kinds,
+    sigmoid,
+    traced,
+    xent,
+    xent_logits,
+)
 
 import lossdsl
 
 N, W = 16, 5
-EPS = 1e-7  # keras.config.epsilon()
-HI = float(np.float32(1 - EPS))  # Keras clips probabilities to [eps, 1 - eps] in float32
 MODES = ["eager", "xla"]
 MEANS = ["selected", "batch"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def close(actual, expected, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
-
-
-def traced(fn, mode):
-    return tf.function(fn, jit_compile=True) if mode == "xla" else fn
 
 
 def per_sample(loss, yt, yp, mode="eager"):
@@ -62,37 +62,13 @@ def cols(selector):
 # -- NumPy float64 references, written from the math ------------------------------------------
 
 
-def _sigmoid(x):
-    return np.exp(-np.logaddexp(0.0, -x))
-
-
-def _xent(t, p):
-    pc = np.clip(p, EPS, HI)
-    return -(t * np.log(pc) + (1 - t) * np.log(1 - pc))
-
-
-def _logsoftmax(x):
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
-
-
 def _unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
 
 
-def _xent_logits(t, x):
-    return np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
-
-
 def np_bce(t, p, from_logits=False, label_smoothing=0.0):
     t = t * (1 - label_smoothing) + 0.5 * label_smoothing
-    return np.mean(_xent_logits(t, p) if from_logits else _xent(t, p), -1)
-
-
-def np_cce(t, p, from_logits=False, label_smoothing=0.0):
-    t = t * (1 - label_smoothing) + label_smoothing / t.shape[-1]
-    logq = _logsoftmax(p) if from_logits else np.log(np.clip(p / p.sum(-1, keepdims=True), EPS, HI))
-    return -np.sum(t * logq, -1)
+    return np.mean(xent_logits(t, p) if from_logits else xent(t, p), -1)
 
 
 def np_focal(t, p, gamma=2.0, alpha=0.25, apply_class_balancing=False, **kw):
@@ -100,9 +76,9 @@ def np_focal(t, p, gamma=2.0, alpha=0.25, apply_class_balancing=False, **kw):
     # from their sigmoid.
     ls, logits = kw.get("label_smoothing", 0.0), kw.get("from_logits")
     t = t * (1 - ls) + 0.5 * ls
-    xent = _xent_logits(t, p) if logits else _xent(t, p)
-    p = _sigmoid(p) if logits else p
-    out = (1 - (t * p + (1 - t) * (1 - p))) ** gamma * xent
+    ce = xent_logits(t, p) if logits else xent(t, p)
+    p = sigmoid(p) if logits else p
+    out = (1 - (t * p + (1 - t) * (1 - p))) ** gamma * ce
     if apply_class_balancing:
         out = out * (t * alpha + (1 - t) * (1 - alpha))
     return out.mean(-1)
@@ -125,7 +101,7 @@ def np_kld(t, p):
 
 NP_LOSSES = {
     "bce": np_bce,
-    "cce": np_cce,
+    "cce": cce,
     "focal": np_focal,
     "mse": lambda t, p: np.mean((t - p) ** 2, -1),
     "mae": lambda t, p: np.mean(np.abs(t - p), -1),
@@ -163,16 +139,7 @@ class Ref:
 
 # -- data -------------------------------------------------------------------------------------
 
-GEN = {
-    "label": lambda r, k: r.integers(0, 2, (N, k)),
-    "prob": lambda r, k: r.uniform(0.02, 0.98, (N, k)),
-    "logit": lambda r, k: r.normal(0, 3, (N, k)),
-    "score": lambda r, k: r.uniform(-2, 2, (N, k)),
-    "pos": lambda r, k: r.uniform(0.1, 3, (N, k)),
-    "real": lambda r, k: r.normal(0, 1.5, (N, k)),
-    "onehot": lambda r, k: np.eye(k)[r.integers(0, k, N)],
-    "simplex": lambda r, k: np.exp(_logsoftmax(r.normal(0, 1.5, (N, k)))),
-}
+GEN = data_kinds(N)
 
 
 def make(true_kind, pred_kind, sl, seed):
