@@ -15,6 +15,10 @@ children, so the grammar file stays the only definition of the syntax.
 * The tree is built as Lark builds it: filtered anonymous tokens dropped,
   ``None`` for an absent ``[optional]``, ``_helper`` rules spliced into their
   parent, a ``?rule`` with one child replaced by that child.
+* What repeats is looked up, not recomputed: the set of terminals a lexeme may
+  be is a small integer (one per set, the same for every ``+``), the action of
+  a state on such a set is a dictionary entry, and a chain of pass-through
+  reductions (``atom`` to ``unary`` to ``product`` ...) is one lookup.
 
 It only ever answers for text that parses. On any problem, a character no
 terminal matches or a token the table rejects, it returns ``None`` and the
@@ -35,7 +39,10 @@ from lark.parsers.lalr_analysis import Shift
 __all__ = ["Driver", "UnsupportedGrammar"]
 
 _END = "$END"
-_NO_TERMINAL = "lossdsl_no_terminal"
+_NO_TERMINAL = -2  # the catch-all group: a character no terminal matches
+_BY_VALUE = -3  # a group whose terminals depend on the lexeme (``not`` is NOT or NAME)
+_ERROR = (None, None)
+_KID_BITS = 16
 
 
 class UnsupportedGrammar(Exception):
@@ -59,34 +66,74 @@ class _Spliced(list[Any]):
     the parent rule takes as its own."""
 
 
+Build = Callable[[list[Any]], Any]
+
+
 class Driver:
     """Parses with ``lark``'s LALR tables and calls ``transformer``'s methods."""
 
     def __init__(self, lark: Lark, transformer: object) -> None:
         if lark.options.parser != "lalr" or lark.options.keep_all_tokens:
             raise UnsupportedGrammar("only LALR without keep_all_tokens")
-        table = lark.parser.parser.parser.parse_table
+        self._init_lexer(lark)
+        rules = self._init_table(lark.parser.parser.parser.parse_table)
+        self._rules = [self._reducer(rule, transformer) for rule in rules]
+        self._kept = {
+            sym.name
+            for rule in rules
+            for sym in rule.expansion
+            if sym.is_term and not sym.filter_out
+        }
+        # (code, kind kept as a token or None) per state and kinds id, filled on use.
+        self._act: list[dict[int, tuple[int | None, str | None]]] = [{} for _ in self._actions]
+        # Memos: the state a pass-through chain ends in, by (state below, top
+        # state, kinds id), and where a reduction lands after its goto and the
+        # pass-through chain that follows, by (state below, rule, kinds id).
+        self._chains: dict[int, int] = {}
+        self._landings: dict[int, int] = {}
+
+    def _init_lexer(self, lark: Lark) -> None:
         ignore = frozenset(lark.lexer_conf.ignore)
         # The order Lark's basic lexer tries terminals in.
         every = sorted(
             lark.terminals,
             key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value), t.name),
         )
+        kept = [t for t in every if t.name not in ignore]
+        skipped = "|".join(t.pattern.to_regexp() for t in every if t.name in ignore)
+        # One match per token: what the grammar ignores (whitespace, comments)
+        # first, then one group per terminal, the end of the text, or any other
+        # character (which ends the lexing). A group's number is the match's
+        # ``lastindex``, the outermost group that matched; a terminal's own
+        # groups push the next ones up.
         self._lexer = re.compile(
-            "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in every)
-            + f"|(?P<{_NO_TERMINAL}>(?s:.))"
+            (f"(?:{skipped})*" if skipped else "")
+            + "(?:"
+            + "".join(f"({t.pattern.to_regexp()})|" for t in kept)
+            + "(\\Z)|((?s:.)))"
         )
-        self._ignore = ignore
-        self._terminals = [t.name for t in every if t.name not in ignore]
-        self._fullmatch = {
-            name: re.compile(f"(?:{t.pattern.to_regexp()})\\Z")
-            for t in every
-            if (name := t.name) not in ignore
-        }
-        self._strings = {t.name for t in every if isinstance(t.pattern, PatternStr)}
-        self._kinds_cache: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._chains: dict[tuple[int, int, tuple[str, ...]], int] = {}
+        self._fullmatch = {t.name: re.compile(f"(?:{t.pattern.to_regexp()})\\Z") for t in kept}
+        self._strings = {t.name for t in kept if isinstance(t.pattern, PatternStr)}
+        self._terminals = [t.name for t in kept]
+        self._kid_of: dict[tuple[str, ...], int] = {}
+        self._kinds_of: list[tuple[str, ...]] = []
+        groups = self._lexer.groups + 1
+        # Per lexer group: its kinds id, _NO_TERMINAL or _BY_VALUE.
+        self._group_kid = [_NO_TERMINAL] * groups
+        self._group_term: list[str | None] = [None] * groups
+        self._by_value: list[dict[str, int]] = [{} for _ in range(groups)]
+        group = 1
+        for t in kept:
+            self._group_term[group] = t.name
+            if t.name in self._strings:
+                self._group_kid[group] = self._kid(self._kinds(t.name, t.pattern.value))
+            else:
+                self._group_kid[group] = _BY_VALUE
+            group += 1 + re.compile(t.pattern.to_regexp()).groups
+        self._group_kid[group] = self._kid((_END,))  # the catch-all, group + 1, stays
 
+    def _init_table(self, table: Any) -> list[Any]:
+        """Read Lark's parse table; returns the rules, numbered as the codes say."""
         rules: list[Any] = []
         index: dict[Any, int] = {}
         self._actions: dict[int, dict[str, int]] = {}
@@ -105,22 +152,63 @@ class Driver:
                     acts[symbol] = ~index[arg]
             self._actions[state] = acts
             self._gotos[state] = gotos
+        if sorted(self._actions) != list(range(len(self._actions))):
+            raise UnsupportedGrammar("parse states are not numbered 0..n-1")
+        self._state_bits = max(len(self._actions), len(rules)).bit_length()
         self._start = table.start_states["start"]
         self._accept = table.end_states["start"]
-        self._rules = [self._reducer(rule, transformer) for rule in rules]
-        self._kept = {
-            sym.name
-            for rule in rules
-            for sym in rule.expansion
-            if sym.is_term and not sym.filter_out
-        }
+        return rules
+
+    # -- lexemes ------------------------------------------------------------------
+
+    def _kinds(self, kind: str, value: str) -> tuple[str, ...]:
+        """Every terminal that matches ``value`` exactly: string terminals
+        (keywords) first, as Lark's lexer prefers them, then the one matched."""
+        others = [
+            name for name in self._terminals if name != kind and self._fullmatch[name].match(value)
+        ]
+        strings = [k for k in others if k in self._strings]
+        return (*strings, kind, *(k for k in others if k not in self._strings))
+
+    def _kid(self, kinds: tuple[str, ...]) -> int:
+        kid = self._kid_of.get(kinds)
+        if kid is None:
+            kid = len(self._kinds_of)
+            if kid >= 1 << _KID_BITS:  # pragma: no cover - far more than any grammar has
+                raise UnsupportedGrammar("too many terminal sets")
+            self._kinds_of.append(kinds)
+            self._kid_of[kinds] = kid
+        return kid
+
+    def _value_kid(self, group: int, value: str) -> int:
+        """The kinds id of a lexeme whose terminals depend on its text."""
+        kind = self._group_term[group]
+        assert kind is not None
+        kid = self._kid(self._kinds(kind, value))
+        cache = self._by_value[group]
+        if len(cache) > 4096:
+            cache.clear()
+        cache[value] = kid
+        return kid
+
+    def _entry(self, state: int, kid: int) -> tuple[int | None, str | None]:
+        """What ``state`` does on a lexeme of kinds ``kid``: ``(code, kind)``
+        with ``code`` a shift target (``>= 0``) or a reduction (``~rule``), and
+        ``kind`` the terminal shifted when a rule keeps it."""
+        row = self._actions[state]
+        entry: tuple[int | None, str | None] = _ERROR
+        for kind in self._kinds_of[kid]:
+            code = row.get(kind)
+            if code is not None:
+                entry = (code, kind if code >= 0 and kind in self._kept else None)
+                break
+        self._act[state][kid] = entry
+        return entry
 
     # -- building ----------------------------------------------------------------
 
     @staticmethod
-    def _reducer(
-        rule: Any, transformer: object
-    ) -> tuple[int, str, Callable[[list[Any]], Any] | None]:
+    def _reducer(rule: Any, transformer: object) -> tuple[int, str, Build | None]:
         """``(size, goto symbol, build)`` for one rule; ``build`` takes the
         values on the stack and returns the rule's value, as Lark would, and
         is ``None`` for a rule whose value is its one child."""
@@ -154,12 +242,9 @@ class Driver:
         size, origin = len(rule.expansion), str(rule.origin.name)
         if single and size == 1 and plan == [(0, False, 0)] and not trailing:
             return 1, origin, None  # a ?rule passing its one child through
-        simple = not trailing and all(not splice and not nones for _, splice, nones in plan)
-        if simple and method is not None and not helper and not single:
-            keep = [i for i, _, _ in plan]
-            if keep == list(range(size)):
-                return size, origin, method  # every value is a child, in order
-            return size, origin, lambda values: method([values[i] for i in keep])
+        fast = _fast_build(plan, size, trailing, method, helper=helper, single=single)
+        if fast is not None:
+            return size, origin, fast
 
         def build(values: list[Any]) -> Any:
             children: list[Any] = []
@@ -182,52 +267,13 @@ class Driver:
 
         return size, origin, build
 
-    def _kinds(self, kind: str, value: str) -> tuple[str, ...]:
-        """Every terminal that matches ``value`` exactly: string terminals
-        (keywords) first, as Lark's lexer prefers them, then the one matched."""
-        key = (kind, value)
-        kinds = self._kinds_cache.get(key)
-        if kinds is None:
-            others = [
-                name
-                for name in self._terminals
-                if name != kind and self._fullmatch[name].match(value)
-            ]
-            strings = [k for k in others if k in self._strings]
-            kinds = (*strings, kind, *(k for k in others if k not in self._strings))
-            if len(self._kinds_cache) > 4096:
-                self._kinds_cache.clear()
-            self._kinds_cache[key] = kinds
-        return kinds
-
     # -- parsing -----------------------------------------------------------------
 
-    def _tokens(self, text: str) -> list[tuple[tuple[str, ...], str, int, int]] | None:
-        """``(terminals it may be, text, start, end)`` per token, then ``$END``;
-        ``None`` at a character no terminal matches."""
-        ignore, cache, kinds_of = self._ignore, self._kinds_cache, self._kinds
-        out = []
-        end = 0
-        # Every position matches: a terminal, or the catch-all that ends the lexing.
-        for m in self._lexer.finditer(text):
-            kind = m.lastgroup
-            if kind == _NO_TERMINAL:
-                return None
-            assert kind is not None
-            start, end = m.span()
-            if kind not in ignore:
-                value = m.group()
-                kinds = cache.get((kind, value)) or kinds_of(kind, value)
-                out.append((kinds, value, start, end))
-        out.append(((_END,), "", end, end))
-        return out
-
-    def _chain(self, below: int, top: int, kinds: tuple[str, ...]) -> int:
+    def _chain(self, below: int, top: int, kid: int) -> int:
         """The top state after every pass-through reduction that follows one,
-        with ``below`` under it and the lookahead ``kinds``."""
+        with ``below`` under it and the lookahead of kinds ``kid``."""
         while top != self._accept:
-            row = self._actions[top]
-            code = next((row[k] for k in kinds if k in row), None)
+            code, _ = self._act[top].get(kid) or self._entry(top, kid)
             if code is None or code >= 0:
                 break
             _, origin, build = self._rules[~code]
@@ -236,28 +282,36 @@ class Driver:
             top = self._gotos[below][origin]
         return top
 
-    def parse(self, text: str) -> Any:
+    def parse(self, text: str) -> Any:  # noqa: PLR0915 - one loop, for speed
         """The transformer's value for ``text``, or ``None`` if it does not parse."""
-        tokens = self._tokens(text)
-        if tokens is None:
-            return None
-        actions, gotos, rules, kept = self._actions, self._gotos, self._rules, self._kept
-        accept, chains = self._accept, self._chains
+        act, gotos, rules = self._act, self._gotos, self._rules
+        chains, landings = self._chains, self._landings
+        group_kid, by_value, entry_of = self._group_kid, self._by_value, self._entry
+        accept = self._accept
+        state_bits = self._state_bits
+        new_token = str.__new__
         states = [self._start]
         values: list[Any] = []
-        for kinds, value, start, end in tokens:
+        # The last match is the end of the text, which is always accepted or rejected.
+        for m in self._lexer.finditer(text):
+            group: int = m.lastindex  # type: ignore[assignment]  # every match has a group
+            kid = group_kid[group]
+            if kid < 0:
+                if kid == _NO_TERMINAL:
+                    return None
+                value = m.group(group)
+                known = by_value[group].get(value)
+                kid = self._value_kid(group, value) if known is None else known
             while True:
-                row = actions[states[-1]]
-                for kind in kinds:
-                    code = row.get(kind)
-                    if code is not None:
-                        break
-                else:
+                top = states[-1]
+                code, kind = act[top].get(kid) or entry_of(top, kid)
+                if code is None:
                     return None  # a syntax error: Lark will say which
                 if code >= 0:  # shift; a token no rule keeps is never looked at
-                    if kind in kept:
-                        token = str.__new__(_Token, value)
-                        token.type, token.start_pos, token.end_pos = kind, start, end
+                    if kind is not None:
+                        token = new_token(_Token, m.group(group))
+                        token.type = kind
+                        token.start_pos, token.end_pos = m.span(group)
                         values.append(token)
                     else:
                         values.append(None)
@@ -266,23 +320,77 @@ class Driver:
                 size, origin, build = rules[~code]
                 if build is None:  # pass-through rules: only the top state changes
                     below = states[-2]
-                    key = (below, states[-1], kinds)
+                    key = (((below << state_bits) | top) << _KID_BITS) | kid
                     target = chains.get(key)
                     if target is None:
-                        target = self._chain(below, gotos[below][origin], kinds)
+                        target = self._chain(below, gotos[below][origin], kid)
                         chains[key] = target
                     if target == accept:
                         return values[-1]
                     states[-1] = target
                     continue
-                children = values[-size:] if size else []
                 if size:
+                    children = values[-size:]
                     del states[-size:]
                     del values[-size:]
+                else:
+                    children = []
                 result = build(children)
-                target = gotos[states[-1]][origin]
+                # The goto, and the pass-through reductions that follow it.
+                below = states[-1]
+                key = (((below << state_bits) | ~code) << _KID_BITS) | kid
+                target = landings.get(key)
+                if target is None:
+                    target = self._chain(below, gotos[below][origin], kid)
+                    landings[key] = target
                 if target == accept:
                     return result
                 states.append(target)
                 values.append(result)
-        return None  # pragma: no cover - $END is always reduced to the start rule or rejected
+        return None  # pragma: no cover - a text always ends with its end
+
+
+def _fast_build(
+    plan: list[tuple[int, bool, int]],
+    size: int,
+    trailing: int,
+    method: Build | None,
+    *,
+    helper: bool,
+    single: bool,
+) -> Build | None:
+    """A build for the common shapes of rule, without the general loop, or ``None``."""
+    if trailing or any(nones for _, _, nones in plan):
+        return None
+    keep = [i for i, _, _ in plan]
+    spliced = [i for i, splice, _ in plan if splice]
+    if helper and not spliced:
+        return lambda values: _Spliced([values[i] for i in keep])
+    if helper and spliced == [0] and keep[0] == 0:
+        # ``_x: _x A B``, a repetition growing by one: extend the list in place
+        # (it is only ever on this parse's stack).
+        rest = keep[1:]
+
+        def grow(values: list[Any]) -> Any:
+            head: list[Any] = values[0]
+            head.extend([values[i] for i in rest])
+            return head
+
+        return grow
+    if method is None or helper:
+        return None
+    if not spliced and not single:
+        if keep == list(range(size)):
+            return method  # every value is a child, in order
+        return lambda values: method([values[i] for i in keep])
+    if spliced == [size - 1] and keep == list(range(size)):
+        # ``rule: a _x``: the children are ``a``, then the repetition's.
+        def prepend(values: list[Any]) -> Any:
+            children = values[:-1]
+            children.extend(values[-1])
+            if single and len(children) == 1:
+                return children[0]
+            return method(children)
+
+        return prepend
+    return None

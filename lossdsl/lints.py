@@ -16,12 +16,12 @@ LD105    the same top-level term written twice
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from lossdsl import ast
 from lossdsl.catalog import LOSSES
 from lossdsl.errors import LossValidationError
-from lossdsl.validate import Checked
+from lossdsl.validate import Checked, Facts
 
 __all__ = ["CODES", "LossDSLWarning", "lint", "report"]
 
@@ -54,7 +54,7 @@ def _trained(checked: Checked, node: ast.Node) -> set[int]:
     return _columns(checked, node, (*LOSSES, "pred"))
 
 
-def _probability_units(checked: Checked, calls: list[ast.Call]) -> set[int]:
+def _probability_units(checked: Checked, calls: Iterable[ast.Call]) -> set[int]:
     """Columns that a ``bce``, ``focal`` or ``cce`` call reads as probabilities."""
     out: set[int] = set()
     for n in calls:
@@ -102,13 +102,13 @@ def _make(code: str, node: ast.Node | None, message: str, hint: str) -> LossVali
     return err
 
 
-def _lints(checked: Checked) -> Iterator[LossValidationError]:
-    expr = checked.formula.expr
-    wheres: list[ast.Where] = []
-    compares: list[ast.Compare] = []
+def _facts(expr: ast.Expr) -> Facts:
+    """What the lints look at, for a ``Checked`` made without them."""
     calls: list[ast.Call] = []
     used: set[str] = set()
-    for node in checked.nodes or ast.walk(expr):  # what every lint looks at, in one pass
+    compares: list[ast.Compare] = []
+    wheres: list[ast.Where] = []
+    for node in ast.walk(expr):
         if isinstance(node, ast.Call):
             calls.append(node)
         elif isinstance(node, ast.Name):
@@ -117,14 +117,19 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
             compares.append(node)
         elif isinstance(node, ast.Where):
             wheres.append(node)
-    for node in wheres:
-        conditioned = _columns(checked, node.cond, ("pred",))
-        shared = conditioned and conditioned & _trained(checked, node.term)
+    return Facts(tuple(calls), frozenset(used), tuple(compares), tuple(wheres))
+
+
+def _lints(checked: Checked) -> Iterator[LossValidationError]:
+    calls, used, compares, wheres = checked.facts or _facts(checked.formula.expr)
+    for where in wheres:
+        conditioned = _columns(checked, where.cond, ("pred",))
+        shared = conditioned and conditioned & _trained(checked, where.term)
         if shared:
             units = ", ".join(f"u{c}" for c in sorted(shared))
             yield _make(
                 "LD101",
-                node.cond,
+                where.cond,
                 f"The term is conditioned on a prediction of a unit it trains ({units}).",
                 "the unit then learns only from samples it already predicts that way; "
                 "condition on the label instead, such as true(u0) == 1.",
@@ -167,9 +172,12 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                 f"The parameter '{name}' is declared but never used.",
                 "remove it from params, or use it.",
             )
-    seen: dict[ast.Expr, ast.Expr] = {}
+    # Terms compared only with earlier terms of the same shape: equality stops
+    # at the first difference, where hashing would walk every term whole.
+    earlier: dict[tuple[object, ...], list[ast.Expr]] = {}
     for term in checked.terms:
-        if term.expr in seen:
+        same_shape = earlier.setdefault(_shape(term.expr), [])
+        if any(term.expr == e for e in same_shape):
             yield _make(
                 "LD105",
                 term.expr,
@@ -178,7 +186,15 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                 if isinstance(term.expr, ast.Call)
                 else f"write it once with a weight: 2*({term.expr}).",
             )
-        seen.setdefault(term.expr, term.expr)
+        else:
+            same_shape.append(term.expr)
+
+
+def _shape(node: ast.Node) -> tuple[object, ...]:
+    """What two equal terms share: their types and call names, one level down."""
+    if isinstance(node, ast.Call):
+        return (ast.Call, node.name)
+    return (type(node), *((type(c), getattr(c, "name", None)) for c in node.children()))
 
 
 def report(checked: Checked, *, strict: bool) -> list[LossValidationError]:

@@ -24,10 +24,10 @@ import difflib
 import math
 import numbers
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from lossdsl import ast
 from lossdsl.catalog import (
@@ -43,6 +43,7 @@ from lossdsl.parser import parse
 
 __all__ = [
     "Checked",
+    "Facts",
     "Term",
     "UnitTable",
     "check",
@@ -96,8 +97,18 @@ class Checked:
     """One past the highest column the formula reads."""
     max_stop_span: Span | None
     """Where the selector reading that column is written."""
-    nodes: tuple[ast.Node, ...] = field(default=(), compare=False, repr=False)
-    """Every node of the formula, parents before children (for later passes)."""
+    facts: Facts | None = field(default=None, compare=False, repr=False)
+    """What the lints look at, gathered by the checks' own walk (``None``: walk again)."""
+
+
+class Facts(NamedTuple):
+    """Nodes of a checked formula that later passes look at, in pre-order."""
+
+    calls: tuple[ast.Call, ...]
+    names: frozenset[str]
+    """Every bare name used: units, parameters and keyword values."""
+    compares: tuple[ast.Compare, ...]
+    wheres: tuple[ast.Where, ...]
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
@@ -227,32 +238,6 @@ class _Undefined(Exception):
         self.message = message
 
 
-def _data_index(root: ast.Node) -> tuple[list[ast.Node], dict[int, bool]]:
-    """Every node under ``root`` in pre-order, and ``ast.has_data`` of each by
-    ``id``: one pass without recursion, children judged before parents."""
-    order: list[ast.Node] = []
-    kids: list[tuple[ast.Node, ...]] = []
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        children = node.children()
-        order.append(node)
-        kids.append(children)
-        if children:
-            stack.extend(reversed(children))
-    data: dict[int, bool] = {}
-    for i in range(len(order) - 1, -1, -1):
-        node = order[i]
-        reads = ast.reads_data(node)
-        if not reads:
-            for c in kids[i]:
-                if data[id(c)]:
-                    reads = True
-                    break
-        data[id(node)] = reads
-    return order, data
-
-
 def _evaluate(node: ast.Node, params: Mapping[str, float]) -> float:
     """Value of a constant expression; ``_Undefined`` where the math is."""
     if isinstance(node, ast.Number):
@@ -323,15 +308,23 @@ _MATH_FNS: dict[str, Any] = {
 _COMMENT = re.compile(r"#[^\n]*")
 
 
+_COMPOSITE = frozenset(
+    {ast.Keyword, ast.Neg, ast.Sum, ast.Product, ast.Compare, ast.And, ast.Or, ast.Not}
+)
+
+
 class _Checker:
     """One walk over the AST, collecting problems instead of stopping at the first."""
 
-    def __init__(
-        self, units: UnitTable, params: Mapping[str, float], source: str, root: ast.Node
-    ) -> None:
+    def __init__(self, units: UnitTable, params: Mapping[str, float], source: str) -> None:
         self.source = source
-        self.nodes, self._data = _data_index(root)
+        self._data: dict[int, bool] = {}  # ast.has_data by id, filled on demand
         self._factors: set[int] = set()  # ids of the factors of products
+        # What the lints look at, gathered on the way (see Facts).
+        self.calls: list[ast.Call] = []
+        self.names: set[str] = set()
+        self.compares: list[ast.Compare] = []
+        self.wheres: list[ast.Where] = []
         self.units = units
         self.params = params
         self.problems: list[LossDSLError] = []
@@ -345,52 +338,71 @@ class _Checker:
         self.problems.append(LossValidationError(message, span=span, hint=hint))
 
     def has_data(self, node: ast.Node) -> bool:
-        """``ast.has_data(node)``, looked up in the index of the formula's nodes."""
+        """``ast.has_data(node)``, remembered for the nodes with children. A loss
+        or ``pred`` call reads the data whatever its arguments, so most answers
+        need no walk below the node asked about."""
+        kind = type(node)
+        if kind is ast.Number or kind is ast.Name:
+            return False
+        if kind is ast.Call:
+            if node.name not in MATH:  # type: ignore[attr-defined]
+                return True
+        elif kind is ast.Unit or kind is ast.UnitSlice or kind is ast.Where:
+            return True
+        elif kind not in _COMPOSITE:
+            return ast.has_data(node)  # not a node type of this module's own
         known = self._data.get(id(node))
-        return ast.has_data(node) if known is None else known
+        if known is None:
+            known = False
+            for child in node.children():
+                if self.has_data(child):
+                    known = True
+                    break
+            self._data[id(node)] = known
+        return known
 
     # -- values ---------------------------------------------------------------
 
-    def expr(
+    def expr(  # noqa: PLR0917 - positional flags: the checks' hot path
         self,
         node: ast.Expr,
-        *,
         linear: bool = True,
         in_arg: bool = False,
         in_cond: bool = False,
         in_where: bool = False,
         in_const: bool = False,
     ) -> None:
-        if isinstance(node, ast.Number):
-            if _outside_float32(node.value):
+        """Check a value. ``linear``: the value's own weight is a constant (a
+        ``where`` may stand here); ``in_arg``, ``in_cond``, ``in_where``: inside a
+        function's argument, a condition, a ``where`` term; ``in_const``: inside a
+        constant already checked as a whole."""
+        kind = type(node)
+        if kind is ast.Call and node.name in LOSSES:  # type: ignore[union-attr]
+            self.calls.append(node)  # type: ignore[arg-type]
+            self.loss_call(node)  # type: ignore[arg-type]
+            return
+        if kind is ast.Number:
+            if _outside_float32(node.value):  # type: ignore[union-attr]
                 self.error(
                     node,
-                    f"The number {ast.format_number(node.value)} is outside the float32 range "
-                    "(about 1.2e-38 to 3.4e38), so the compiled loss would see inf or 0.",
+                    f"The number {ast.format_number(node.value)} is outside the float32 "  # type: ignore[union-attr]
+                    "range (about 1.2e-38 to 3.4e38), so the compiled loss would see inf or 0.",
                 )
             return
-        if isinstance(node, ast.Name):
-            self.value_name(node)
+        if kind is ast.Name:
+            self.value_name(node)  # type: ignore[arg-type]
             return
         const = not self.has_data(node)
         if const and not in_const:
             self.constant(node)
-        flags = {"in_arg": in_arg, "in_cond": in_cond, "in_where": in_where, "in_const": const}
-        if isinstance(node, ast.Unit | ast.UnitSlice):
-            self.error(
-                node,
-                f"The unit {node} is not a value by itself.",
-                hint=f"use pred({node}) or true({node}) for one unit's values, or pass it to a "
-                f"loss: mse({node}).",
-            )
-        elif isinstance(node, ast.Call):
+        if isinstance(node, ast.Call):
             self.call(node, in_cond=in_cond, in_where=in_where, in_const=const)
-        elif isinstance(node, ast.Neg):
-            self.expr(node.operand, linear=linear, **flags)
         elif isinstance(node, ast.Sum):
-            for _, e in node.terms:
-                self.expr(e, linear=linear, **flags)
-            for (_, before), (op, after) in zip(node.terms, node.terms[1:], strict=False):
+            terms = node.terms
+            for _, e in terms:
+                self.expr(e, linear, in_arg, in_cond, in_where, const)
+            for i in range(1, len(terms)):
+                before, (op, after) = terms[i - 1][1], terms[i]
                 if (
                     isinstance(before, ast.Where)
                     and not self.closed(before, after)
@@ -405,15 +417,29 @@ class _Checker:
                         "constant, put it first or parenthesise the where-term.",
                     )
         elif isinstance(node, ast.Product):
-            data = [self.has_data(e) for _, e in node.factors]
-            self._factors.update(id(e) for _, e in node.factors)
-            for i, (op, e) in enumerate(node.factors):
-                others_const = not any(d for j, d in enumerate(data) if j != i)
-                self.expr(e, linear=linear and op == "*" and others_const, **flags)
-                if op == "/" and not data[i]:
+            factors = node.factors
+            data = [self.has_data(e) for _, e in factors]
+            per_sample = data.count(True)
+            factor_ids = self._factors
+            for (op, e), d in zip(factors, data, strict=True):
+                factor_ids.add(id(e))
+                # This factor's weight is constant when no other factor reads the data.
+                others_const = per_sample == (1 if d else 0)
+                scaled = linear and op == "*" and others_const
+                self.expr(e, scaled, in_arg, in_cond, in_where, const)
+                if op == "/" and not d:
                     self.constant_divisor(e)
+        elif isinstance(node, ast.Neg):
+            self.expr(node.operand, linear, in_arg, in_cond, in_where, const)
         elif isinstance(node, ast.Where):
-            self.where(node, linear=linear, **flags)
+            self.where(node, linear=linear, in_arg=in_arg, in_cond=in_cond, in_where=in_where)
+        elif isinstance(node, ast.Unit | ast.UnitSlice):
+            self.error(
+                node,
+                f"The unit {node} is not a value by itself.",
+                hint=f"use pred({node}) or true({node}) for one unit's values, or pass it to a "
+                f"loss: mse({node}).",
+            )
 
     def where(
         self,
@@ -423,8 +449,8 @@ class _Checker:
         in_arg: bool,
         in_cond: bool,
         in_where: bool,
-        in_const: bool,
     ) -> None:
+        self.wheres.append(node)
         if in_cond:
             self.error(node, "'where' cannot appear inside a condition.")
         elif in_where:
@@ -486,6 +512,7 @@ class _Checker:
             )
 
     def value_name(self, node: ast.Name) -> None:
+        self.names.add(node.id)
         if node.id in self.params:
             return
         if node.id in self.units.names:
@@ -515,6 +542,7 @@ class _Checker:
     # -- calls --------------------------------------------------------------------
 
     def call(self, node: ast.Call, *, in_cond: bool, in_where: bool, in_const: bool) -> None:
+        self.calls.append(node)
         if node.name in LOSSES:
             self.loss_call(node)
         elif node.name in ACCESSORS:
@@ -578,6 +606,8 @@ class _Checker:
 
     def keyword_value(self, fn: str, kw: ast.Keyword, want_bool: bool, spec: Any) -> None:
         value = kw.value
+        if isinstance(value, ast.Name):
+            self.names.add(value.id)
         is_bool = isinstance(value, ast.Name) and value.id in ("true", "false")
         number: float | None = None
         if isinstance(value, ast.Number):
@@ -623,6 +653,7 @@ class _Checker:
             )
             return None
         if isinstance(node, ast.Name):
+            self.names.add(node.id)
             if node.id in self.units.invalid:
                 return None  # its binding is already reported
             if node.id not in self.units.names:
@@ -714,6 +745,7 @@ class _Checker:
             )
             return
         if isinstance(node, ast.Compare):
+            self.compares.append(node)
             self.expr(node.left, linear=False, in_cond=True)
             self.expr(node.right, linear=False, in_cond=True)
         elif isinstance(node, ast.And | ast.Or):
@@ -725,7 +757,13 @@ class _Checker:
     # -- weights ----------------------------------------------------------------------
 
     def weights(self, expr: ast.Expr, allow_negative: bool) -> None:
-        for leaf, origin, weight in self.leaves(expr, 1.0, expr, top=True):
+        found: list[tuple[ast.Expr, ast.Expr, float]] = []
+        if isinstance(expr, ast.Sum):
+            for op, e in expr.terms:
+                self.leaves(e, -1.0 if op == "-" else 1.0, e, found)
+        else:
+            self.leaves(expr, 1.0, expr, found)
+        for leaf, origin, weight in found:
             if weight < 0 and not allow_negative:
                 shown = ast.format_number(weight)
                 self.error(
@@ -737,44 +775,49 @@ class _Checker:
                 )
 
     def leaves(
-        self, node: ast.Expr, coef: float, origin: ast.Expr, *, top: bool = False
-    ) -> Iterator[tuple[ast.Expr, ast.Expr, float]]:
-        """Each top-level term's per-sample part, the term as written, and its
-        constant weight (signs, numbers and parameters multiplied out).
+        self,
+        node: ast.Expr,
+        coef: float,
+        origin: ast.Expr,
+        found: list[tuple[ast.Expr, ast.Expr, float]],
+    ) -> None:
+        """Append each per-sample part of the top-level term ``origin`` with
+        its constant weight (signs, numbers and parameters multiplied out).
 
-        Only the formula's own sum is split: a parenthesised sum inside a term
-        is one part, so ``0.5*beta*(square(mu) + exp(lv) - lv - 1)`` (a KL
-        divergence, never negative) is a term of weight ``0.5*beta``."""
-        if not self.has_data(node):
-            return
-        if isinstance(node, ast.Sum) and top:
-            for op, e in node.terms:
-                yield from self.leaves(e, -coef if op == "-" else coef, e)
-        elif isinstance(node, ast.Neg):
-            yield from self.leaves(node.operand, -coef, origin)
-        elif isinstance(node, ast.Where):
-            yield from self.leaves(node.term, coef, origin)
-        elif isinstance(node, ast.Product):
-            data = [(op, e) for op, e in node.factors if self.has_data(e)]
-            try:
-                for op, e in node.factors:
-                    if not self.has_data(e):
-                        v = _evaluate(e, self.params)
-                        coef = coef / v if op == "/" else coef * v
-            except (_Undefined, ZeroDivisionError):
-                return  # reported where the constant is checked
-            if not math.isfinite(coef) or _outside_float32(coef):
-                self.error(
-                    origin,
-                    f"The weight of '{origin}' ({coef:g}) is outside the float32 range.",
-                )
+        Only the formula's own sum is split (by ``weights``): a parenthesised
+        sum inside a term is one part, so ``0.5*beta*(square(mu) + exp(lv) - lv
+        - 1)`` (a KL divergence, never negative) is a term of weight ``0.5*beta``."""
+        while True:
+            if not self.has_data(node):
                 return
-            if len(data) == 1 and data[0][0] == "*":
-                yield from self.leaves(data[0][1], coef, origin)
+            if isinstance(node, ast.Neg):
+                node, coef = node.operand, -coef
+            elif isinstance(node, ast.Where):
+                node = node.term
+            elif isinstance(node, ast.Product):
+                data = []
+                try:
+                    for op, e in node.factors:
+                        if self.has_data(e):
+                            data.append((op, e))
+                        else:
+                            v = _evaluate(e, self.params)
+                            coef = coef / v if op == "/" else coef * v
+                except (_Undefined, ZeroDivisionError):
+                    return  # reported where the constant is checked
+                if not math.isfinite(coef) or _outside_float32(coef):
+                    self.error(
+                        origin,
+                        f"The weight of '{origin}' ({coef:g}) is outside the float32 range.",
+                    )
+                    return
+                if len(data) != 1 or data[0][0] != "*":
+                    found.append((node, origin, coef))
+                    return
+                node = data[0][1]
             else:
-                yield node, origin, coef
-        else:
-            yield node, origin, coef
+                found.append((node, origin, coef))
+                return
 
 
 def split_term(
@@ -830,6 +873,9 @@ def _top_terms(expr: ast.Expr) -> tuple[Term, ...]:
 
 def _freeze(value: Any) -> Any:
     """A hashable copy of a units or params argument (``TypeError`` if impossible)."""
+    kind = type(value)
+    if kind is int or kind is str or kind is float:
+        return (kind.__name__, value)
     if isinstance(value, Mapping):
         return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
     if isinstance(value, list | tuple):
@@ -913,7 +959,7 @@ def _check(
                 _UNIT_TABLES.clear()
             _UNIT_TABLES[units_key] = table
     problems += _param_problems(params, table, locate=lambda n: _first_use(formula, n))
-    checker = _Checker(table, params, formula.text(), formula.expr)
+    checker = _Checker(table, params, formula.text())
     checker.expr(formula.expr)
     if not checker.has_data(formula.expr):
         checker.error(
@@ -934,7 +980,12 @@ def _check(
         terms=_top_terms(formula.expr),
         max_stop=checker.max_stop,
         max_stop_span=checker.max_stop_span,
-        nodes=tuple(checker.nodes),
+        facts=Facts(
+            tuple(checker.calls),
+            frozenset(checker.names),
+            tuple(checker.compares),
+            tuple(checker.wheres),
+        ),
     )
 
 
