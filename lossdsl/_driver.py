@@ -29,6 +29,7 @@ caller parses with Lark, whose exceptions become the errors users see.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,9 @@ class Driver:
     def __init__(self, lark: Lark, transformer: object) -> None:
         if lark.options.parser != "lalr" or lark.options.keep_all_tokens:
             raise UnsupportedGrammar("only LALR without keep_all_tokens")
+        self._lock = threading.Lock()
+        # (code, kind kept as a token or None) per state and kinds id, filled on use.
+        self._act: list[list[tuple[int | None, str | None] | None]] = []
         self._init_lexer(lark)
         rules = self._init_table(lark.parser.parser.parser.parse_table)
         self._rules = [self._reducer(rule, transformer) for rule in rules]
@@ -84,8 +88,7 @@ class Driver:
             for sym in rule.expansion
             if sym.is_term and not sym.filter_out
         }
-        # (code, kind kept as a token or None) per state and kinds id, filled on use.
-        self._act: list[dict[int, tuple[int | None, str | None]]] = [{} for _ in self._actions]
+        self._act = [[None] * len(self._kinds_of) for _ in self._actions]
         # Memos: the state a pass-through chain ends in, by (state below, top
         # state, kinds id), and where a reduction lands after its goto and the
         # pass-through chain that follows, by (state below, rule, kinds id).
@@ -173,11 +176,16 @@ class Driver:
     def _kid(self, kinds: tuple[str, ...]) -> int:
         kid = self._kid_of.get(kinds)
         if kid is None:
-            kid = len(self._kinds_of)
-            if kid >= 1 << _KID_BITS:  # pragma: no cover - far more than any grammar has
-                raise UnsupportedGrammar("too many terminal sets")
-            self._kinds_of.append(kinds)
-            self._kid_of[kinds] = kid
+            with self._lock:  # parses in other threads may meet a new set at the same time
+                kid = self._kid_of.get(kinds)
+                if kid is None:
+                    kid = len(self._kinds_of)
+                    if kid >= 1 << _KID_BITS:  # pragma: no cover - far more than any grammar has
+                        raise UnsupportedGrammar("too many terminal sets")
+                    for row in self._act:  # every row has a slot before the id is used
+                        row.append(None)
+                    self._kinds_of.append(kinds)
+                    self._kid_of[kinds] = kid
         return kid
 
     def _value_kid(self, group: int, value: str) -> int:
@@ -273,7 +281,7 @@ class Driver:
         """The top state after every pass-through reduction that follows one,
         with ``below`` under it and the lookahead of kinds ``kid``."""
         while top != self._accept:
-            code, _ = self._act[top].get(kid) or self._entry(top, kid)
+            code, _ = self._act[top][kid] or self._entry(top, kid)
             if code is None or code >= 0:
                 break
             _, origin, build = self._rules[~code]
@@ -304,7 +312,7 @@ class Driver:
                 kid = self._value_kid(group, value) if known is None else known
             while True:
                 top = states[-1]
-                code, kind = act[top].get(kid) or entry_of(top, kid)
+                code, kind = act[top][kid] or entry_of(top, kid)
                 if code is None:
                     return None  # a syntax error: Lark will say which
                 if code >= 0:  # shift; a token no rule keeps is never looked at

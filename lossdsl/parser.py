@@ -102,10 +102,6 @@ def _span(start: Token, end: Token | ast.Node) -> Span:
     return (start.start_pos or 0, stop or 0)
 
 
-def _start(node: ast.Node) -> int:
-    return node.span[0] if node.span else 0
-
-
 def _end(node: ast.Node) -> int:
     return node.span[1] if node.span else 0
 
@@ -196,37 +192,39 @@ class _Build(Transformer[Token, Any]):
         widened: ast.Node = dataclasses.replace(inner, span=_span(lpar, rpar))
         return widened
 
+    # Spans: every node the parser builds has one, so children's spans are read directly.
+
     def neg(self, c: list[Any]) -> ast.Neg:
         minus, operand = c
-        return ast.Neg(operand, span=_span(minus, operand))
+        return ast.Neg(operand, (minus.start_pos, operand.span[1]))
 
     def sum(self, c: list[Any]) -> ast.Sum:
         terms = _chain(c, ast.Sum)
-        return ast.Sum(terms, span=(_start(terms[0][1]), _end(terms[-1][1])))
+        return ast.Sum(terms, (terms[0][1].span[0], terms[-1][1].span[1]))
 
     def product(self, c: list[Any]) -> ast.Product:
         factors = _chain(c, ast.Product)
-        return ast.Product(factors, span=(_start(factors[0][1]), _end(factors[-1][1])))
+        return ast.Product(factors, (factors[0][1].span[0], factors[-1][1].span[1]))
 
     def where(self, c: list[Any]) -> ast.Where:
         term, cond = c
-        return ast.Where(term, cond, span=(_start(term), _end(cond)))
+        return ast.Where(term, cond, (term.span[0], cond.span[1]))
 
     def compare(self, c: list[Any]) -> ast.Compare:
         left, op, right = c
-        return ast.Compare(str(op), left, right, span=(_start(left), _end(right)))
+        return ast.Compare(str(op), left, right, (left.span[0], right.span[1]))
 
     def or_cond(self, c: list[Any]) -> ast.Or:
         items = _flatten_first(c, ast.Or)
-        return ast.Or(items, span=(_start(items[0]), _end(items[-1])))
+        return ast.Or(items, (items[0].span[0], items[-1].span[1]))
 
     def and_cond(self, c: list[Any]) -> ast.And:
         items = _flatten_first(c, ast.And)
-        return ast.And(items, span=(_start(items[0]), _end(items[-1])))
+        return ast.And(items, (items[0].span[0], items[-1].span[1]))
 
     def not_(self, c: list[Any]) -> ast.Not:
         tok, operand = c
-        return ast.Not(operand, span=_span(tok, operand))
+        return ast.Not(operand, (tok.start_pos, operand.span[1]))
 
 
 _KEYWORDS = frozenset({"where", "and", "or", "not"})
@@ -276,8 +274,7 @@ def _chain(c: list[Any], kind: type[ast.Sum] | type[ast.Product]) -> tuple[tuple
         head = first.terms if isinstance(first, ast.Sum) else first.factors
     else:
         head = (("+" if kind is ast.Sum else "*", first),)
-    rest = tuple((str(c[i]), c[i + 1]) for i in range(1, len(c), 2))
-    return head + rest
+    return head + tuple(zip(map(str, c[1::2]), c[2::2], strict=True))
 
 
 def _flatten_first(c: list[Any], kind: type[ast.Or] | type[ast.And]) -> tuple[Any, ...]:
