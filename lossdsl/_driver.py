@@ -8,7 +8,11 @@ and runs them in one loop, calling the same ``_Build`` methods with the same
 children, so the grammar file stays the only definition of the syntax.
 
 * The lexer is one regular expression made of the grammar's own terminals,
-  in the order Lark's lexer tries them. A lexeme that several terminals match
+  in the order Lark's lexer tries them, each match one token together with
+  the ignored text (whitespace, comments) before it. Skipping that text first
+  is what Lark does too as long as no kept terminal can start where an ignored
+  one does, as in this grammar (``tests/test_parse.py`` compares the two on
+  text with whitespace and comments). A lexeme that several terminals match
   (``-`` is ``ADDOP`` or ``MINUS``, ``12`` is ``NUMBER`` or ``INT``, ``not`` is
   ``NOT`` or ``NAME``) carries all of them, and the parse table picks the one
   the current state accepts, which is what Lark's contextual lexer does.
@@ -17,8 +21,9 @@ children, so the grammar file stays the only definition of the syntax.
   parent, a ``?rule`` with one child replaced by that child.
 * What repeats is looked up, not recomputed: the set of terminals a lexeme may
   be is a small integer (one per set, the same for every ``+``), the action of
-  a state on such a set is a dictionary entry, and a chain of pass-through
-  reductions (``atom`` to ``unary`` to ``product`` ...) is one lookup.
+  a state on such a set is a list entry, and a reduction's goto with the
+  chain of pass-through reductions after it (``atom`` to ``unary`` to
+  ``product`` ...) is one lookup.
 
 It only ever answers for text that parses. On any problem, a character no
 terminal matches or a token the table rejects, it returns ``None`` and the
@@ -103,6 +108,7 @@ class Driver:
             key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value), t.name),
         )
         kept = [t for t in every if t.name not in ignore]
+        self._strings = {t.name for t in kept if isinstance(t.pattern, PatternStr)}
         skipped = "|".join(t.pattern.to_regexp() for t in every if t.name in ignore)
         # One match per token: what the grammar ignores (whitespace, comments)
         # first, then one group per terminal, the end of the text, or any other
@@ -115,9 +121,21 @@ class Driver:
             + "".join(f"({t.pattern.to_regexp()})|" for t in kept)
             + "(\\Z)|((?s:.)))"
         )
-        self._fullmatch = {t.name: re.compile(f"(?:{t.pattern.to_regexp()})\\Z") for t in kept}
-        self._strings = {t.name for t in kept if isinstance(t.pattern, PatternStr)}
-        self._terminals = [t.name for t in kept]
+        # What else a lexeme may be (see _kinds): a string terminal matches its
+        # own text only (unless it has flags, such as "not"i), a regex terminal
+        # whatever it matches in full.
+        self._literals: dict[str, list[str]] | None = {}
+        self._regexes: list[tuple[str, Callable[[str], Any]]] = []
+        for t in kept:
+            if isinstance(t.pattern, PatternStr):
+                if t.pattern.flags:
+                    self._literals = None
+                elif self._literals is not None:
+                    self._literals.setdefault(t.pattern.value, []).append(t.name)
+        for t in kept:
+            if self._literals is None or not isinstance(t.pattern, PatternStr):
+                regex = re.compile(f"(?:{t.pattern.to_regexp()})\\Z")
+                self._regexes.append((t.name, regex.match))
         self._kid_of: dict[tuple[str, ...], int] = {}
         self._kinds_of: list[tuple[str, ...]] = []
         groups = self._lexer.groups + 1
@@ -166,12 +184,15 @@ class Driver:
 
     def _kinds(self, kind: str, value: str) -> tuple[str, ...]:
         """Every terminal that matches ``value`` exactly: string terminals
-        (keywords) first, as Lark's lexer prefers them, then the one matched."""
-        others = [
-            name for name in self._terminals if name != kind and self._fullmatch[name].match(value)
-        ]
-        strings = [k for k in others if k in self._strings]
-        return (*strings, kind, *(k for k in others if k not in self._strings))
+        (keywords) first, as Lark's lexer prefers them, then the one matched,
+        then the other regex terminals, each in the order Lark tries them."""
+        if self._literals is None:  # string terminals with flags: match them all
+            matched = [name for name, match in self._regexes if name != kind and match(value)]
+            strings = [k for k in matched if k in self._strings]
+            return (*strings, kind, *(k for k in matched if k not in self._strings))
+        strings = [name for name in self._literals.get(value, ()) if name != kind]
+        matched = [name for name, match in self._regexes if name != kind and match(value)]
+        return (*strings, kind, *matched)
 
     def _kid(self, kinds: tuple[str, ...]) -> int:
         kid = self._kid_of.get(kinds)

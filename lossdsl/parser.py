@@ -611,7 +611,11 @@ def _parse_cached(text: str) -> ast.Formula:
         raise e.with_source(text) from None
     except lark.exceptions.LarkError as e:  # pragma: no cover - defensive
         raise LossSyntaxError(f"Invalid formula: {e}", source=text, span=(0, 1)) from None
-    if len(text) > min(MAX_DEPTH, MAX_TREE_DEPTH, MAX_TERMS):
+    # Each level of the tree and each term takes at least a character of its own;
+    # each call, unary minus and 'not' its '(', '-' or 'not'.
+    if len(text) > min(MAX_TREE_DEPTH, MAX_TERMS) or (
+        opens + text.count("-") + text.count("not") > MAX_DEPTH
+    ):
         _check_depth(expr, text)
     return ast.Formula(expr, source=text)
 

@@ -876,10 +876,10 @@ def _freeze(value: Any) -> Any:
     kind = type(value)
     if kind is int or kind is str or kind is float:
         return (kind.__name__, value)
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
+    if kind is dict or isinstance(value, Mapping):
+        return tuple(sorted([(str(k), _freeze(v)) for k, v in value.items()]))
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
+        return tuple([_freeze(v) for v in value])
     hash(value)
     return (type(value).__name__, value)
 
