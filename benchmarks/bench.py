@@ -43,6 +43,7 @@ BATCH = 2**20
 WIDTH = 8
 UNITS = {"presence": 0, "loc": 1, "box": [2, 5], "cls": [5, 8]}
 PARAMS = {"alpha": 0.7, "beta": 0.2}
+FIT_BATCH = 256
 
 
 # -- the five comparisons: a formula and the same loss written by hand -----------------------
@@ -163,12 +164,34 @@ def _cases() -> list[dict[str, Any]]:
 def _evaluation_cases() -> list[dict[str, Any]]:
     """Each case, and for a where-term also against a hand-written loss with the
     same guarantee as lossdsl's (a NaN in a masked row reaches neither value nor
-    gradient), which a mask multiply does not give."""
+    gradient), which a mask multiply does not give. The four terms twice more:
+    the formula with numbers where it has parameters, and the hand-written loss
+    with its parameters in variables, as lossdsl keeps them (so that a schedule
+    can change them without a new trace)."""
+    import keras
+
     out = []
     for case in _cases():
         out.append(case)
         if "hand_nan_safe" in case:
             out.append({**case, "name": f"{case['name']}, NaN-safe", "hand": case["hand_nan_safe"]})
+    at = next(i for i, c in enumerate(out) if c["name"] == "four terms, NaN-safe")
+    safe = out[at]
+    alpha = keras.Variable(PARAMS["alpha"], trainable=False, name="alpha")
+    beta = keras.Variable(PARAMS["beta"], trainable=False, name="beta")
+    with_numbers = safe["formula"].replace("alpha", str(PARAMS["alpha"]))
+    out[at + 1 : at + 1] = [
+        {
+            **safe,
+            "name": "four terms, NaN-safe, numbers for the parameters",
+            "formula": with_numbers.replace("beta", str(PARAMS["beta"])),
+        },
+        {
+            **safe,
+            "name": "four terms, NaN-safe, variables for the parameters by hand",
+            "hand": lambda t, p: safe["hand"](t, p, alpha=alpha, beta=beta),
+        },
+    ]
     return out
 
 
@@ -197,16 +220,30 @@ def _loss_of(case: dict[str, Any]) -> Any:
 
 def alternate_times(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
     """Seconds of each call of each function, the functions run in turn so that
-    drift in the machine's load touches all of them alike (after one warm-up)."""
+    drift in the machine's load touches all of them alike (after one warm-up).
+    The order flips every round (A B, B A, ...), so neither side always runs
+    first, right after the other's garbage."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    order = list(fns)
+    for i in range(repeats):
+        for k in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - start)
     return times
+
+
+def paired_ratios(times: dict[str, list[float]]) -> list[float]:
+    """lossdsl / by hand for each round: the two calls of a round ran side by
+    side, so a slow minute of the machine slows both and cancels out."""
+    return [a / b for a, b in zip(times["lossdsl"], times["hand"], strict=True)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
 
 
 def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -267,18 +304,25 @@ def _tf_evaluations(repeats: int) -> list[dict[str, Any]]:
                         lambda t, p, f=case["hand"]: ops.mean(f(t, p)), jit_compile=jit
                     ),
                 }
-            t = alternate(
+            times = alternate_times(
                 {k: (lambda f=f: f(y_true, y_pred).numpy()) for k, f in fns.items()}, repeats
             )
+            graph_ops = {}
+            if jit is False:
+                graph_ops = {
+                    "ops": _grappler_ops(fns["lossdsl"].python_function, y_true, y_pred),
+                    "hand ops": _grappler_ops(fns["hand"].python_function, y_true, y_pred),
+                }
             rows.append(
                 {
                     "section": "evaluation",
                     "backend": "tensorflow",
                     "mode": mode,
                     "case": case["name"],
-                    "lossdsl": t["lossdsl"],
-                    "hand": t["hand"],
+                    **{k: statistics.median(v) for k, v in times.items()},
+                    "ratio": statistics.median(paired_ratios(times)),
                     "floor": floor,
+                    **graph_ops,
                 }
             )
     return rows
@@ -301,7 +345,7 @@ def _jax_evaluations(repeats: int) -> list[dict[str, Any]]:
         }
         want = float(fns["hand"](y_true, y_pred))
         assert np.isclose(float(fns["lossdsl"](y_true, y_pred)), want, rtol=1e-4), case["name"]
-        t = alternate(
+        times = alternate_times(
             {k: (lambda f=f: f(y_true, y_pred).block_until_ready()) for k, f in fns.items()},
             repeats,
         )
@@ -311,8 +355,8 @@ def _jax_evaluations(repeats: int) -> list[dict[str, Any]]:
                 "backend": "jax",
                 "mode": "jax.jit",
                 "case": case["name"],
-                "lossdsl": t["lossdsl"],
-                "hand": t["hand"],
+                **{k: statistics.median(v) for k, v in times.items()},
+                "ratio": statistics.median(paired_ratios(times)),
                 "floor": floor,
             }
         )
@@ -333,21 +377,113 @@ def _fit_epochs(repeats: int) -> list[dict[str, Any]]:
         h = keras.layers.Dense(64, activation="relu")(inputs)
         model = keras.Model(inputs, keras.layers.Dense(WIDTH, activation="sigmoid")(h))
         model.compile(optimizer="adam", loss=loss)
-        return lambda: model.fit(x, y, batch_size=256, epochs=1, verbose=0)
+        return lambda: model.fit(x, y, batch_size=FIT_BATCH, epochs=1, verbose=0)
 
     out = []
-    for case in _cases()[:4]:
+    steps = rows_n // FIT_BATCH
+    for case in _fit_cases():
         fits = {"lossdsl": fit_for(_loss_of(case)), "hand": fit_for(case["hand"])}
         times = alternate_times(fits, repeats)
+        q1, ratio, q3 = quartiles(paired_ratios(times))
+        extra = _loss_step_extra(case, repeats)
+        step = statistics.median(times["hand"]) / steps
         out.append(
             {
                 "section": "fit",
                 "case": case["name"],
                 **{k: statistics.median(v) for k, v in times.items()},
+                "ratio": ratio,
+                "q1": q1,
+                "q3": q3,
                 **{f"{k} min": min(v) for k, v in times.items()},
+                "step": step,
+                "extra": extra,
+                "bound": 1 + extra / step,
+                "ops": _step_ops(_loss_of(case)),
+                "hand ops": _step_ops(case["hand"]),
             }
         )
     return out
+
+
+def _fit_cases() -> list[dict[str, Any]]:
+    """The evaluation cases that are not about eager mode."""
+    return [c for c in _evaluation_cases() if not c.get("eager")]
+
+
+def _step_ops(loss: Callable[..., Any]) -> int | None:
+    """Operations TensorFlow runs for the loss and its gradient in a training
+    step at the fit's batch size (see ``_grappler_ops``)."""
+    import keras
+    import tensorflow as tf
+    from keras.src.losses.losses import LossFunctionWrapper
+
+    if not isinstance(loss, keras.losses.Loss):
+        loss = LossFunctionWrapper(loss)  # what model.compile(loss=fn) makes of a function
+
+    def step(t: Any, p: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            value = loss(t, p)
+        return value, tape.gradient(value, p)
+
+    y_true, y_pred = (tf.constant(a) for a in _data(FIT_BATCH, seed=3))
+    return _grappler_ops(step, y_true, y_pred)
+
+
+def _grappler_ops(fn: Callable[..., Any], *args: Any) -> int | None:
+    """How many operations TensorFlow runs for ``tf.function(fn)(*args)``: the
+    traced graph after Grappler, the optimiser every ``tf.function`` call goes
+    through (constant folding, pruning, merging). Exact, whatever the
+    machine's load; ``None`` where the private API it uses is missing."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.core.protobuf import config_pb2
+        from tensorflow.python.grappler import tf_optimizer
+    except ImportError:  # pragma: no cover - private modules of one TF version
+        return None
+    concrete = tf.function(fn, autograph=False).get_concrete_function(*args)
+    graph = concrete.graph
+    meta = tf.compat.v1.train.export_meta_graph(graph_def=graph.as_graph_def(), graph=graph)
+    meta.collection_def["train_op"].node_list.value.extend(t.name for t in concrete.outputs)
+    return len(tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta).node)
+
+
+def _loss_step_extra(case: dict[str, Any], repeats: int, calls: int = 400) -> float:
+    """Seconds lossdsl's loss adds to a training step over the hand-written one:
+    the loss and its gradient at the fit's batch size, under ``tf.function`` as
+    in ``fit``. The median over rounds of the difference of two runs of
+    ``calls`` calls made side by side; what both pay (the call itself) cancels."""
+    import tensorflow as tf
+    from keras.src.losses.losses import LossFunctionWrapper
+
+    y_true_np, y_pred_np = _data(FIT_BATCH, seed=3)
+    y_true, y_pred = tf.constant(y_true_np), tf.constant(y_pred_np)
+
+    def loss_and_gradient(loss: Callable[..., Any]) -> Callable[[], Any]:
+        @tf.function(autograph=False)
+        def step(t: Any, p: Any) -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(p)
+                value = loss(t, p)
+            return tape.gradient(value, p)
+
+        def run() -> None:
+            for _ in range(calls):
+                step(y_true, y_pred)
+
+        return run
+
+    fns = {
+        "lossdsl": loss_and_gradient(_loss_of(case)),
+        # What model.compile(loss=fn) makes of a function.
+        "hand": loss_and_gradient(LossFunctionWrapper(case["hand"])),
+    }
+    times = alternate_times(fns, repeats)
+    return statistics.median(
+        (a - b) / calls for a, b in zip(times["lossdsl"], times["hand"], strict=True)
+    )
 
 
 def _first_calls(repeats: int) -> list[dict[str, Any]]:
@@ -486,33 +622,57 @@ def report(rows: list[dict[str, Any]]) -> str:
         "",
         "## Loss evaluation, batch 2^20 (mean loss, forward)",
         "",
-        "| backend, mode | case | lossdsl | by hand | ratio | lossdsl / floor | by hand / floor |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "*Ops* (graph mode): the operations TensorFlow runs for each side, after Grappler, "
+        "lossdsl / by hand; the same count means the same work, whatever the timing says.",
+        "",
+        "| backend, mode | case | lossdsl | by hand | ratio | ops | lossdsl / floor "
+        "| by hand / floor |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["section"] == "evaluation":
+            ops = f"{r['ops']} / {r['hand ops']}" if r.get("ops") else ""
             lines.append(
                 f"| {r['mode']} | {r['case']} | {_ms(r['lossdsl'])} | {_ms(r['hand'])} | "
-                f"{r['lossdsl'] / r['hand']:.3f} | {r['lossdsl'] / r['floor']:.1f} | "
+                f"{r['ratio']:.3f} | {ops} | {r['lossdsl'] / r['floor']:.1f} | "
                 f"{r['hand'] / r['floor']:.1f} |"
             )
     lines += [
         "",
         "## One `model.fit` epoch (32,768 rows, batch 256, MLP 16-64-8)",
         "",
-        "An epoch is short and the machine shared, so the fastest epochs are shown too.",
+        "The two models train in turn, one epoch each; the ratio is the median over the "
+        "rounds of each round's lossdsl epoch over its hand-written epoch, with the "
+        "middle half of those ratios (quartiles) beside it, and the fastest epochs.",
         "",
-        "| case | lossdsl | by hand | ratio | fastest: lossdsl | by hand | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| case | lossdsl | by hand | ratio | quartiles | fastest: lossdsl | by hand | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        if r["section"] == "fit":
-            ratio = r["lossdsl"] / r["hand"]
-            best = r["lossdsl min"] / r["hand min"]
-            lines.append(
-                f"| {r['case']} | {_ms(r['lossdsl'])} | {_ms(r['hand'])} | {ratio:.3f} | "
-                f"{_ms(r['lossdsl min'])} | {_ms(r['hand min'])} | {best:.3f} |"
-            )
+    fits = [r for r in rows if r["section"] == "fit"]
+    for r in fits:
+        best = r["lossdsl min"] / r["hand min"]
+        lines.append(
+            f"| {r['case']} | {_ms(r['lossdsl'])} | {_ms(r['hand'])} | {r['ratio']:.3f} | "
+            f"{r['q1']:.3f} to {r['q3']:.3f} | "
+            f"{_ms(r['lossdsl min'])} | {_ms(r['hand min'])} | {best:.3f} |"
+        )
+    lines += [
+        "",
+        "The two steps differ only in the loss and its gradient. *Ops*: the operations "
+        "TensorFlow runs for them, after Grappler (exact, whatever the machine's load). "
+        "*Adds per step*: measured apart, at batch 256 under `tf.function`, lossdsl's time "
+        "minus the hand-written loss's (the median over rounds of 400 calls a side); over the "
+        "step time above it gives the epoch ratio the loss alone would make.",
+        "",
+        "| case | ops: lossdsl | by hand | step (by hand) | lossdsl adds per step "
+        "| epoch ratio from that |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in fits:
+        lines.append(
+            f"| {r['case']} | {r['ops']} | {r['hand ops']} | {_ms(r['step'])} | "
+            f"{_ms(r['extra'])} | {r['bound']:.3f} |"
+        )
     lines += ["", "## First call (batch 1,024)", ""]
     lines += ["| case | what | lossdsl | by hand | ratio |", "|---|---|---:|---:|---:|"]
     for r in rows:
@@ -550,14 +710,15 @@ def main() -> None:
         floor = min(r["seconds"] for r in rows if r["section"] == "bandwidth")
         # One floor for the machine: the best read measured (JAX's CPU sum is slower).
         rows += [{**r, "floor": floor} for r in json.loads(done.stdout.strip().splitlines()[-1])]
-    rows += _fit_epochs(3 if args.quick else 15)
+    rows += _fit_epochs(3 if args.quick else 21)
     rows += _first_calls(3 if args.quick else 7)
     rows += _front_end(3 if args.quick else 7)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"# lossdsl benchmarks\n\n{stamp}; {_machine()}.\n\n"
         "Medians; the two sides of each comparison alternate in one run. "
-        "Ratio is lossdsl / by hand (below 1: lossdsl is faster). "
+        "Ratio is lossdsl / by hand (below 1: lossdsl is faster), the median of the "
+        "ratios of calls made side by side. "
         "Regenerate with `make bench`.\n\n" + report(rows)
     )
     print(text)

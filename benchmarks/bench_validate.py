@@ -10,8 +10,8 @@ Prints, for typical two-to-four-term formulas, all different, on one core:
 * ``lossdsl check --stdin`` (in process, JSON out).
 
 Each figure is the median of several rounds, as formulas per second and as a
-multiple of Lark's parse time in the same run, which makes figures from a busy
-machine comparable. Nothing here is a test.
+multiple of Lark's parse time measured right before it, which makes figures
+from a busy machine comparable. Nothing here is a test.
 
     .venv/bin/python benchmarks/bench_validate.py [--n 2000] [--rounds 7]
 """
@@ -97,27 +97,31 @@ def main() -> None:
         clear_caches()
         return formulas(args.n, salt)
 
-    for _ in range(args.rounds):
-        lark_each = seconds_each(reference.parse, fresh())
-        measured = {
-            "Lark's LALR parse alone (reference)": lark_each,
-            "lossdsl.parse": seconds_each(lossdsl.parse, fresh()),
-        }
+    def checks_of_parsed() -> float:
         parsed = [lossdsl.parse(t) for t in fresh()]
         validate_module._CACHE.clear()
-        measured["checks of a parsed formula"] = seconds_each(
-            lambda f: validate_module.check(f, units=UNITS), parsed
-        )
-        measured["lossdsl.validate, distinct"] = seconds_each(
-            lambda t: lossdsl.validate(t, units=UNITS), fresh()
-        )
+        return seconds_each(lambda f: validate_module.check(f, units=UNITS), parsed)
+
+    def repeated() -> float:
         items = fresh()
-        repeated = [items[0]] * len(items)
-        measured["lossdsl.validate, repeated"] = seconds_each(
-            lambda t: lossdsl.validate(t, units=UNITS), repeated
-        )
-        measured["check --stdin, distinct"] = stdin_seconds_each(fresh())
-        for name, each in measured.items():
+        return seconds_each(lambda t: lossdsl.validate(t, units=UNITS), [items[0]] * len(items))
+
+    rows: dict[str, Callable[[], float]] = {
+        "Lark's LALR parse alone (reference)": lambda: seconds_each(reference.parse, fresh()),
+        "lossdsl.parse": lambda: seconds_each(lossdsl.parse, fresh()),
+        "checks of a parsed formula": checks_of_parsed,
+        "lossdsl.validate, distinct": lambda: seconds_each(
+            lambda t: lossdsl.validate(t, units=UNITS), fresh()
+        ),
+        "lossdsl.validate, repeated": repeated,
+        "check --stdin, distinct": lambda: stdin_seconds_each(fresh()),
+    }
+    for _ in range(args.rounds):
+        for name, measure in rows.items():
+            # The yardstick is measured right before each figure, on other texts
+            # of the same kind, so that the machine's drift between rows cancels.
+            lark_each = seconds_each(reference.parse, fresh())
+            each = measure()
             times.setdefault(name, []).append(each)
             ratios.setdefault(name, []).append(each / lark_each)
 

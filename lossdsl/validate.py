@@ -900,7 +900,7 @@ def check(
         frozen_units = _freeze(units)
         key: tuple[Any, ...] = (
             text,
-            str(formula),
+            formula,  # the text again, or the tree (hashed and compared by structure)
             frozen_units,
             _freeze(params or {}),
             allow_negative,
