@@ -228,6 +228,7 @@ class _Build(Transformer[Token, Any]):
 
 
 _KEYWORDS = frozenset({"where", "and", "or", "not"})
+_KEYWORD_TERMINALS = (("where", "_WHERE"), ("and", "_AND"), ("or", "_OR"), ("not", "NOT"))
 
 
 def _check_number(tok: Token, value: float) -> None:
@@ -409,9 +410,9 @@ _TERMINALS = {
     "ADDOP": "'+' or '-'",
     "MULOP": "'*' or '/'",
     "CMPOP": "a comparison (<, <=, >, >=, ==, !=)",
-    "WHERE": "'where'",
-    "AND": "'and'",
-    "OR": "'or'",
+    "_WHERE": "'where'",
+    "_AND": "'and'",
+    "_OR": "'or'",
     "NOT": "'not'",
     "$END": "the end of the formula",
 }
@@ -526,8 +527,16 @@ def _token_hint(text: str, tok: Token, expected: set[str]) -> str | None:
         )
     if tok.type == "CMPOP":
         return "comparisons only appear in a condition: T where pred(u0) >= 0.5."
-    if tok.type == "WHERE":
+    if tok.type == "_WHERE":
         return "a term takes one 'where'; combine conditions with 'and': T where A and B."
+    if tok.type == "NAME":
+        for word, terminal in _KEYWORD_TERMINALS:
+            rest = tok[len(word) :]
+            if tok.startswith(word) and rest and terminal in expected:
+                return (
+                    f"'{tok}' is one name: a keyword is a whole word. For '{word}' followed "
+                    f"by '{rest}', write '{word} {rest}'."
+                )
     if tok.type in ("NAME", "NUMBER", "LPAR") and expected & {"ADDOP", "MULOP"}:
         return "an operator is missing between two terms: write '*' to multiply, '+' to add."
     return None

@@ -249,6 +249,9 @@ _CORNER_CASES = [
     "-u0", "a - -b", "f()", "not_x * 2", "x where not a > 1 or (b < 2 and not c == 1)",
     "bce(u[1:3], w=-1e-3) # c\n + 2", "((a))", "f(a, b=1, c=-2)", "u[1:2.5]", "x where",
     "where", "1 2", "a where b == 1 where c == 2", "bce(u0) where not not x > 1", "",
+    # Keywords are whole words; Lark's contextual lexer once split `wherever` after a term.
+    "u[1:3]wherever==not_x", "u0 wherever == 1", "a where b > 1 andy < 2", "a where b>1 oreo<2",
+    "a where notx > 1", "a where not(x > 1)", "a where(x>1)and(y<2)or(z<3)", "wherever*u0",
 ]  # fmt: skip
 
 
@@ -314,3 +317,29 @@ def test_canonical_text_of_a_valid_formula_is_valid(text: str, canonical: str) -
     f = lossdsl.validate(text, units=2)
     assert str(f) == canonical
     assert lossdsl.validate(canonical, units=2) == f
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("wherever * mse(u0) where andy > 1 and notx < 2", None),
+        ("mse(u0) where ornament > 1 or order < 2", None),
+        ("mse(u0) where(x>1)and(y<2)", "mse(u0) where x > 1 and y < 2"),
+        ("mse(u0) where not(x > 1)", "mse(u0) where not x > 1"),
+    ],
+)
+def test_names_may_start_with_keywords(text: str, canonical: str | None) -> None:
+    # A keyword is a whole word: where a name may stand, `wherever` and `andy` are
+    # names, and a keyword next to a parenthesis needs no space.
+    assert str(parse(text)) == (canonical or text)
+
+
+@pytest.mark.parametrize(
+    "text", ["mse(u0) wherex > 1", "mse(u0) where x > 1 andy < 2", "mse(u0) where x > 1 ory < 2"]
+)
+def test_a_keyword_glued_to_a_name_is_a_name(text: str) -> None:
+    # Never read as `where x` or `and y`: that would silently change the formula
+    # whenever the rest happens to be a name too.
+    with pytest.raises(lossdsl.LossSyntaxError, match="Unexpected name") as info:
+        parse(text)
+    assert "a keyword is a whole word" in (info.value.hint or "")
