@@ -10,8 +10,8 @@ Prints, for typical two-to-four-term formulas, all different, on one core:
 * ``lossdsl check --stdin`` (in process, JSON out).
 
 Each figure is the median of several rounds, as formulas per second and as a
-multiple of Lark's parse time measured right before it, which makes figures
-from a busy machine comparable. Nothing here is a test.
+multiple of Lark's parse time measured right before and after it, which makes
+figures from a busy machine comparable. Nothing here is a test.
 
     .venv/bin/python benchmarks/bench_validate.py [--n 2000] [--rounds 7]
 """
@@ -118,12 +118,14 @@ def main() -> None:
     }
     for _ in range(args.rounds):
         for name, measure in rows.items():
-            # The yardstick is measured right before each figure, on other texts
-            # of the same kind, so that the machine's drift between rows cancels.
-            lark_each = seconds_each(reference.parse, fresh())
+            # The yardstick is measured right before and right after each figure,
+            # on other texts of the same kind, so that the machine's drift cancels
+            # and neither side always runs first.
+            before = seconds_each(reference.parse, fresh())
             each = measure()
+            after = seconds_each(reference.parse, fresh())
             times.setdefault(name, []).append(each)
-            ratios.setdefault(name, []).append(each / lark_each)
+            ratios.setdefault(name, []).append(each / ((before + after) / 2))
 
     print(f"{args.n} formulas x {args.rounds} rounds; medians")
     print(f"{'what':40} {'formulas/s':>12} {'µs each':>9} {'x Lark parse':>13}")
