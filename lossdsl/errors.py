@@ -55,11 +55,25 @@ def render_caret(source: str, span: Span) -> str:
     line_end = source.find("\n", start)
     if line_end == -1:
         line_end = len(source)
-    text = source[line_start:line_end]
     end = max(start + 1, min(end, line_end))
+    prefix = suffix = ""
+    if line_end - line_start > _LONG_LINE:
+        # A long line (a generated formula) is shown around the caret only.
+        lo = max(line_start, start - _CONTEXT)
+        hi = min(line_end, max(end, start + 1) + _CONTEXT, lo + _LONG_LINE)
+        end = min(end, hi)
+        prefix = "..." if lo > line_start else ""
+        suffix = "..." if hi < line_end else ""
+        line_start, line_end = lo, hi
+    text = source[line_start:line_end]
     # Keep tabs so the caret lines up under tab-indented config text.
-    pad = "".join("\t" if c == "\t" else " " for c in source[line_start:start])
-    return f"    {text.rstrip()}\n    {pad}{'^' * (end - start)}"
+    pad = " " * len(prefix) + "".join("\t" if c == "\t" else " " for c in source[line_start:start])
+    shown = prefix + text if suffix else prefix + text.rstrip()
+    return f"    {shown}{suffix}\n    {pad}{'^' * max(1, end - start)}"
+
+
+_LONG_LINE = 100  # characters of one line shown at most around a caret
+_CONTEXT = 40  # of which, before the span and after it
 
 
 class LossDSLError(ValueError):

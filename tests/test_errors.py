@@ -13,6 +13,7 @@ import pytest
 
 import lossdsl
 from lossdsl import LossDSLError, LossSyntaxError, LossValidationError
+from lossdsl.errors import render_caret
 
 CASES = json.loads((Path(__file__).parent / "cases" / "errors.json").read_text())
 
@@ -30,13 +31,33 @@ def _expected_span(formula: str, case: dict[str, Any]) -> tuple[int, int]:
 
 
 def _expected_caret(formula: str, start: int, end: int) -> str:
-    """The source line and the caret line, computed from offsets alone."""
+    """The source line and the caret line, computed from offsets alone (for a
+    line short enough to be shown whole)."""
     line_start = formula.rfind("\n", 0, start) + 1
     line_end = formula.find("\n", start)
     line_end = len(formula) if line_end == -1 else line_end
     width = max(1, min(end, line_end) - start)
     line = formula[line_start:line_end].rstrip()
     return f"    {line}\n    {' ' * (start - line_start)}{'^' * width}"
+
+
+def _assert_caret(text: str, formula: str, start: int, end: int) -> None:
+    """``text`` holds the caret under ``formula[start:end]``: the whole line when
+    it is short, else a window of it whose carets sit under the spanned text."""
+    line_start = formula.rfind("\n", 0, start) + 1
+    line_end = formula.find("\n", start)
+    line_end = len(formula) if line_end == -1 else line_end
+    if line_end - line_start <= 100:
+        assert _expected_caret(formula, start, end) in text
+        return
+    lines = text.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.strip() and set(ln.strip()) == {"^"})
+    shown, caret = lines[at - 1], lines[at]
+    first = caret.index("^")
+    body = shown[4:].removeprefix("...").removesuffix("...")
+    assert body in formula[line_start:line_end] and len(shown) <= 4 + 3 + 100 + 3
+    under = shown[first : first + caret.count("^")]
+    assert formula[start:].startswith(under) or (start == len(formula) and not under.strip())
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
@@ -63,7 +84,7 @@ def test_error_case(case: dict[str, Any]) -> None:
     text = str(err)
     assert text.startswith(err.message)
     assert f"line {err.line}, column {err.column}:" in text
-    assert _expected_caret(formula, start, end) in text
+    _assert_caret(text, formula, start, end)
     # Our own error, not a re-raised Lark or pydantic one.
     assert err.__cause__ is None
 
@@ -137,7 +158,7 @@ def test_nesting_too_deep(formula: str, at: int) -> None:
     assert info.value.message == "The formula is nested more than 100 levels deep."
     assert info.value.span is not None
     assert info.value.span[0] == at
-    assert _expected_caret(formula, at, at + 1) in str(info.value)
+    _assert_caret(str(info.value), formula, at, at + 1)
 
 
 @pytest.mark.parametrize(
@@ -258,3 +279,26 @@ def test_a_parameter_beyond_float32_is_an_error() -> None:
         lossdsl.validate("mse(u0) + alpha", units=1, params={"alpha": 1e39})
     assert info.value.errors[0].message.startswith("Parameter 'alpha' is 1e+39, beyond the float32")
     assert str(lossdsl.validate("mse(u0) * (1e20 * 1e20) / 1e35", units=1)).startswith("mse(u0)")
+
+
+def test_a_long_line_is_shown_around_its_caret() -> None:
+    # A generated formula on one line: the caret line stays readable, and the
+    # caret still sits under the offending text within the window shown.
+    text = " + ".join(["mse(u0)"] * 300) + " + mse(u9)"
+    with pytest.raises(LossValidationError) as info:
+        lossdsl.validate(text, units=2)
+    err = info.value
+    assert err.column == text.index("u9") + 1
+    shown, caret = str(err).splitlines()[2:4]
+    assert len(shown) < 120 and shown.lstrip().startswith("...")
+    assert shown.endswith("mse(u9)")
+    at = caret.index("^")
+    assert shown[at : at + 2] == "u9" and caret.count("^") == 2
+
+
+def test_a_long_span_is_cut_at_the_window() -> None:
+    text = " + ".join(["mse(u0)"] * 300)
+    rendered = render_caret(text, (0, len(text)))
+    shown, caret = rendered.splitlines()
+    assert shown.endswith("...") and not shown.lstrip().startswith("...")
+    assert 0 < caret.count("^") <= 100
