@@ -757,12 +757,13 @@ class _Checker:
     # -- weights ----------------------------------------------------------------------
 
     def weights(self, expr: ast.Expr, allow_negative: bool) -> None:
-        found: list[tuple[ast.Expr, ast.Expr, float]] = []
-        if isinstance(expr, ast.Sum):
-            for op, e in expr.terms:
-                self.leaves(e, -1.0 if op == "-" else 1.0, e, found)
-        else:
-            self.leaves(expr, 1.0, expr, found)
+        terms = expr.terms if isinstance(expr, ast.Sum) else (("+", expr),)
+        for op, term in terms:  # term by term, so problems come in the order of the text
+            found: list[tuple[ast.Expr, ast.Expr, float]] = []
+            self.leaves(term, -1.0 if op == "-" else 1.0, term, found)
+            self.signs(found, allow_negative)
+
+    def signs(self, found: list[tuple[ast.Expr, ast.Expr, float]], allow_negative: bool) -> None:
         for leaf, origin, weight in found:
             if weight < 0 and not allow_negative:
                 shown = ast.format_number(weight)

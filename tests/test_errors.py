@@ -302,3 +302,16 @@ def test_a_long_span_is_cut_at_the_window() -> None:
     shown, caret = rendered.splitlines()
     assert shown.endswith("...") and not shown.lstrip().startswith("...")
     assert 0 < caret.count("^") <= 100
+
+
+def test_weight_problems_come_in_the_order_of_the_text() -> None:
+    with pytest.raises(LossValidationError) as info:
+        lossdsl.validate("-mse(u0) + alpha * mse(u1)", units=2, params={"alpha": 1e-40})
+    assert [e.message.split(" ")[:3] for e in info.value.errors] == [
+        ["The", "term", "'-mse(u0)'"],
+        ["The", "weight", "of"],
+    ]
+    # The headline (message, span, hint) is the first problem in the text.
+    assert str(info.value).startswith("2 problems")
+    assert info.value.message == info.value.errors[0].message
+    assert info.value.span == (0, 8)
