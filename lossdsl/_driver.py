@@ -122,18 +122,15 @@ class Driver:
             + "(\\Z)|((?s:.)))"
         )
         # What else a lexeme may be (see _kinds): a string terminal matches its
-        # own text only (unless it has flags, such as "not"i), a regex terminal
-        # whatever it matches in full.
-        self._literals: dict[str, list[str]] | None = {}
+        # own text only, looked up; any other terminal, or every one when a string
+        # has flags (such as "not"i), whatever its regex matches in full.
+        by_text = not any(isinstance(t.pattern, PatternStr) and t.pattern.flags for t in kept)
+        self._literals: dict[str, list[str]] = {}
         self._regexes: list[tuple[str, Callable[[str], Any]]] = []
         for t in kept:
-            if isinstance(t.pattern, PatternStr):
-                if t.pattern.flags:
-                    self._literals = None
-                elif self._literals is not None:
-                    self._literals.setdefault(t.pattern.value, []).append(t.name)
-        for t in kept:
-            if self._literals is None or not isinstance(t.pattern, PatternStr):
+            if by_text and t.name in self._strings:
+                self._literals.setdefault(t.pattern.value, []).append(t.name)
+            else:
                 regex = re.compile(f"(?:{t.pattern.to_regexp()})\\Z")
                 self._regexes.append((t.name, regex.match))
         self._kid_of: dict[tuple[str, ...], int] = {}
@@ -186,13 +183,10 @@ class Driver:
         """Every terminal that matches ``value`` exactly: string terminals
         (keywords) first, as Lark's lexer prefers them, then the one matched,
         then the other regex terminals, each in the order Lark tries them."""
-        if self._literals is None:  # string terminals with flags: match them all
-            matched = [name for name, match in self._regexes if name != kind and match(value)]
-            strings = [k for k in matched if k in self._strings]
-            return (*strings, kind, *(k for k in matched if k not in self._strings))
-        strings = [name for name in self._literals.get(value, ()) if name != kind]
         matched = [name for name, match in self._regexes if name != kind and match(value)]
-        return (*strings, kind, *matched)
+        strings = [name for name in self._literals.get(value, ()) if name != kind]
+        strings += [name for name in matched if name in self._strings]
+        return (*strings, kind, *(name for name in matched if name not in self._strings))
 
     def _kid(self, kinds: tuple[str, ...]) -> int:
         kid = self._kid_of.get(kinds)

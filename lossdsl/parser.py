@@ -156,15 +156,14 @@ class _Build(Transformer[Token, Any]):
         name, args, rpar = c
         if name in _KEYWORDS:
             _not_a_keyword(name)
-        start = name.start_pos
-        name_span = (start, name.end_pos)
+        span, name_span = (name.start_pos, rpar.end_pos), (name.start_pos, name.end_pos)
         if args is None:
-            return ast.Call(str(name), (), (), (start, rpar.end_pos), name_span)
+            return ast.Call(str(name), (), (), span, name_span)
         for a in args:
             if type(a) is ast.Keyword:
                 break
         else:  # positional arguments only
-            return ast.Call(str(name), tuple(args), (), (start, rpar.end_pos), name_span)
+            return ast.Call(str(name), tuple(args), (), span, name_span)
         positional: list[ast.Expr] = []
         keywords: list[ast.Keyword] = []
         for a in args:
@@ -178,13 +177,7 @@ class _Build(Transformer[Token, Any]):
                 )
             else:
                 positional.append(a)
-        return ast.Call(
-            str(name),
-            tuple(positional),
-            tuple(keywords),
-            span=_span(name, rpar),
-            name_span=_span(name, name),
-        )
+        return ast.Call(str(name), tuple(positional), tuple(keywords), span, name_span)
 
     def group(self, c: list[Any]) -> ast.Node:
         # Parentheses make no node; they widen the span so carets cover them.

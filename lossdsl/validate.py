@@ -308,11 +308,6 @@ _MATH_FNS: dict[str, Any] = {
 _COMMENT = re.compile(r"#[^\n]*")
 
 
-_COMPOSITE = frozenset(
-    {ast.Keyword, ast.Neg, ast.Sum, ast.Product, ast.Compare, ast.And, ast.Or, ast.Not}
-)
-
-
 class _Checker:
     """One walk over the AST, collecting problems instead of stopping at the first."""
 
@@ -341,20 +336,15 @@ class _Checker:
         """``ast.has_data(node)``, remembered for the nodes with children. A loss
         or ``pred`` call reads the data whatever its arguments, so most answers
         need no walk below the node asked about."""
-        kind = type(node)
-        if kind is ast.Number or kind is ast.Name:
-            return False
-        if kind is ast.Call:
-            if node.name not in MATH:  # type: ignore[attr-defined]
-                return True
-        elif kind is ast.Unit or kind is ast.UnitSlice or kind is ast.Where:
+        if ast.reads_data(node):
             return True
-        elif kind not in _COMPOSITE:
-            return ast.has_data(node)  # not a node type of this module's own
+        children = node.children()
+        if not children:
+            return False
         known = self._data.get(id(node))
         if known is None:
             known = False
-            for child in node.children():
+            for child in children:
                 if self.has_data(child):
                     known = True
                     break
