@@ -22,12 +22,12 @@ from lossdsl.config import load_spec
 from lossdsl.errors import LossDSLError, LossInputError, LossSyntaxError, LossValidationError
 from lossdsl.lints import LossDSLWarning
 from lossdsl.parser import parse
-from lossdsl.validate import validate
+from lossdsl.validation import validate
 
 if TYPE_CHECKING:
-    from lossdsl.callbacks import ParamSchedule
-    from lossdsl.loss import FormulaLoss
-    from lossdsl.metrics import TermMetric
+    from lossdsl.keras.callbacks import ParamSchedule
+    from lossdsl.keras.loss import FormulaLoss
+    from lossdsl.keras.metrics import TermMetric
     from lossdsl.spec import LossSpec
 
 __version__ = "0.1.0"
@@ -59,9 +59,9 @@ _keras_hook.install()
 
 _LAZY = {
     "LossSpec": "lossdsl.spec",  # pydantic: a service that only validates never loads it
-    "FormulaLoss": "lossdsl.loss",
-    "TermMetric": "lossdsl.metrics",
-    "ParamSchedule": "lossdsl.callbacks",
+    "FormulaLoss": "lossdsl.keras.loss",
+    "TermMetric": "lossdsl.keras.metrics",
+    "ParamSchedule": "lossdsl.keras.callbacks",
 }
 
 

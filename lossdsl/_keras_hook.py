@@ -5,7 +5,7 @@ which a class joins when its module runs. ``import lossdsl`` must stay free of
 Keras, yet a model saved with a ``FormulaLoss`` must load after only
 ``import lossdsl``. So: if Keras is already imported, register now; otherwise
 put a finder on ``sys.meta_path`` that, when ``keras`` itself is next imported,
-lets it load normally and then imports ``lossdsl.loss`` (which registers the
+lets it load normally and then imports ``lossdsl.keras.loss`` (which registers the
 classes). The finder removes itself after that one use.
 """
 
@@ -21,7 +21,7 @@ from types import ModuleType
 __all__ = ["install"]
 
 # The modules that register classes with Keras (loss imports metrics).
-_BACKEND_MODULES = ("lossdsl.metrics", "lossdsl.loss")
+_BACKEND_MODULES = ("lossdsl.keras.metrics", "lossdsl.keras.loss")
 
 
 def _register() -> None:

@@ -1,7 +1,7 @@
 """``compile_loss``: any form of spec to a ``FormulaLoss``.
 
-This module is part of the light front end: Keras is imported only when
-``compile_loss`` is called.
+This module is part of the light front end: Keras is imported only when ``compile_loss`` is
+called.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lossdsl.loss import FormulaLoss
+    from lossdsl.keras.loss import FormulaLoss
     from lossdsl.spec import LossSpec
 
 __all__ = ["compile_loss"]
@@ -29,14 +29,16 @@ def compile_loss(
     """Compile a loss spec into a ``keras.losses.Loss``.
 
     Args:
-        spec: formula text, a ``LossSpec``, or a mapping with the ``LossSpec``
-            fields (``expression``, ``units``, ``params``, ``where_mean``,
-            ``allow_negative``).
-        units, params, where_mean, allow_negative: the ``LossSpec`` fields;
-            when given they override the spec's own. ``where_mean`` defaults to
-            ``"selected"`` and ``allow_negative`` to ``False``.
+        spec: formula text, a ``LossSpec``, or a mapping with the ``LossSpec`` fields
+            (``expression``, ``units``, ``params``, ``where_mean``, ``allow_negative``).
+        units, params, where_mean, allow_negative: the ``LossSpec`` fields; when given they
+            override the spec's own. ``where_mean`` defaults to ``"selected"`` and
+            ``allow_negative`` to ``False``.
         name: the loss's name in Keras.
         **loss_kwargs: ``reduction`` and ``dtype``, passed to ``keras.losses.Loss``.
+
+    The spec is checked once, here (a ``LossSpec`` without overrides was checked when it was
+    made); the loss and its term metrics are built from what the checks proved.
 
     >>> loss = compile_loss("bce(presence) + mse(loc) where true(presence) == 1",
     ...                     units={"presence": 0, "loc": 1}, name="lesion")
@@ -45,34 +47,28 @@ def compile_loss(
     """
     from lossdsl.spec import LossSpec
 
-    if isinstance(spec, str):
-        fields: dict[str, Any] = {"expression": spec}
-    elif isinstance(spec, LossSpec):
-        fields = spec.model_dump(exclude_unset=True)
+    overrides = {
+        key: value
+        for key, value in (
+            ("units", units),
+            ("params", params),
+            ("where_mean", where_mean),
+            ("allow_negative", allow_negative),
+        )
+        if value is not None
+    }
+    if isinstance(spec, LossSpec):
+        checked = spec.model_copy(update=overrides) if overrides else spec
+    elif isinstance(spec, str):
+        checked = LossSpec.model_validate({"expression": spec, **overrides})
     elif isinstance(spec, Mapping):
-        fields = dict(spec)
+        checked = LossSpec.model_validate({**spec, **overrides})
     else:
         raise TypeError(
             "compile_loss() expects formula text, a LossSpec or a mapping. "
             f"Received: {type(spec).__name__}."
         )
-    overrides = {
-        "units": units,
-        "params": params,
-        "where_mean": where_mean,
-        "allow_negative": allow_negative,
-    }
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    checked = LossSpec.model_validate(fields)
 
-    from lossdsl.loss import FormulaLoss
+    from lossdsl.keras.loss import FormulaLoss
 
-    return FormulaLoss(
-        checked.expression,
-        units=checked.units,
-        params=checked.params,
-        where_mean=checked.where_mean,
-        allow_negative=checked.allow_negative,
-        name=name,
-        **loss_kwargs,
-    )
+    return FormulaLoss(checked, name=name, **loss_kwargs)

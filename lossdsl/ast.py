@@ -43,6 +43,7 @@ __all__ = [
     "Where",
     "format_number",
     "has_data",
+    "literal",
     "reads_data",
     "walk",
 ]
@@ -295,6 +296,18 @@ def reads_data(node: Node) -> bool:
 def has_data(node: Node) -> bool:
     """Whether ``node`` depends on the data (is not a constant)."""
     return any(reads_data(n) for n in walk(node))
+
+
+def literal(node: Node) -> bool | float | None:
+    """The value of a literal, as keyword arguments take them: ``true``, ``false``, a number
+    or a negated number; ``None`` for anything else."""
+    if isinstance(node, Name) and node.id in ("true", "false"):
+        return node.id == "true"
+    if isinstance(node, Number):
+        return node.value
+    if isinstance(node, Neg) and isinstance(node.operand, Number):
+        return -node.operand.value
+    return None
 
 
 def _text(node: Node, need: int) -> str:

@@ -1,23 +1,28 @@
-"""The functions a formula can call, as data.
+"""Every function a formula can call, as data: one entry per function.
 
 Three kinds of call exist:
 
-* losses (``bce``, ``mse``, ... and those added with ``register_loss``): the
-  first argument selects units, the rest are keywords; the value is the Keras
-  loss of the selected ``y_true`` and ``y_pred`` columns, one per sample;
+* losses (``bce``, ``mse``, ... and those added with ``register_loss``): the first argument
+  selects units, the rest are keywords; the value is the loss of the selected ``y_true`` and
+  ``y_pred`` columns, one per sample;
 * math functions (``abs``, ``min``, ``clip``, ...) on per-sample values;
 * ``pred(u)`` and ``true(u)``: one unit of ``y_pred`` or ``y_true``.
 
-This module only describes them (arity, keywords, types, ranges); the Keras
-implementations live in ``lossdsl.compiler`` so that validation never imports
-Keras.
+An entry carries everything about its function: arity or keywords with their types and
+ranges, the one-line summary that errors and ``lossdsl explain`` show, and its implementation
+(``keras.ops`` for tensors; for a math function also a Python one, which the checks use to
+evaluate constants). Adding a function is adding an entry. The implementations import Keras
+only when they are first called, so validation never imports it.
 
 >>> LOSSES["huber"].keywords["delta"].default
 1.0
+>>> MATH["clip"].signature
+'clip(x, lo, hi)'
 """
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -25,15 +30,23 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from lossdsl import kernels
+from lossdsl.kernels import ops
+
 __all__ = [
     "ACCESSORS",
+    "BUILTIN_LOSSES",
     "LOSSES",
     "MATH",
     "RESERVED",
+    "Accessor",
+    "Entry",
     "KeywordSpec",
     "LossEntry",
+    "MathFunction",
     "check_identifier",
     "function_names",
+    "lookup",
     "register_loss",
     "registry_version",
     "unregister_loss",
@@ -64,7 +77,10 @@ class KeywordSpec:
             return f"a number <= {self.maximum:g}"
         return "a number"
 
-    def accepts(self, value: float) -> bool:
+    def accepts(self, value: bool | float) -> bool:
+        """Whether the literal ``value`` has this keyword's type and lies in its range."""
+        if self.type is bool or isinstance(value, bool):
+            return self.type is bool and isinstance(value, bool)
         if self.minimum is not None and (
             value < self.minimum or (self.exclusive_minimum and value == self.minimum)
         ):
@@ -74,16 +90,53 @@ class KeywordSpec:
 
 @dataclass(frozen=True)
 class LossEntry:
-    """A loss a formula can call."""
+    """A loss a formula can call: ``name(units, keyword=value, ...)``."""
 
     name: str
     summary: str
+    columns: Callable[..., Any]
+    """``columns(y_true[..., S], y_pred[..., S], **keywords)``: one value per sample."""
     keywords: Mapping[str, KeywordSpec] = field(default_factory=dict)
     min_units: int = 1
     keras_name: str | None = None
     """The ``keras.losses`` function whose per-sample value this equals."""
-    fn: Callable[..., Any] | None = None
-    """For a registered loss: ``fn(y_true, y_pred, **kwargs)``."""
+    column: Callable[..., Any] | None = None
+    """For one unit: the same value from the 1-D columns ``y[..., j]`` (see ``kernels``)."""
+    builtin: bool = True
+    """Built-in losses compute in float32 for float16 and bfloat16 inputs."""
+
+
+@dataclass(frozen=True)
+class MathFunction:
+    """A math function of per-sample values: ``name(x)``, ``name(a, b)``, ..."""
+
+    name: str
+    args: tuple[str, ...]
+    summary: str
+    ops: Callable[..., Any]
+    """The ``keras.ops`` implementation, on tensors."""
+    py: Callable[..., float]
+    """The same function on Python floats, for constants (raises where it is undefined)."""
+
+    @property
+    def arity(self) -> int:
+        return len(self.args)
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(self.args)})"
+
+
+@dataclass(frozen=True)
+class Accessor:
+    """``pred(u)`` or ``true(u)``: one unit of ``y_pred`` or ``y_true``, one value per sample."""
+
+    name: str
+    summary: str
+    reads_pred: bool
+
+
+Entry = LossEntry | MathFunction | Accessor
 
 
 def _kw(name: str, default: float, **limits: Any) -> KeywordSpec:
@@ -94,19 +147,57 @@ def _flag(name: str) -> KeywordSpec:
     return KeywordSpec(name, bool, False)
 
 
+def _keras_loss(keras_name: str) -> Callable[..., Any]:
+    def loss(y_true: Any, y_pred: Any, **keywords: Any) -> Any:
+        return getattr(kernels.keras.losses, keras_name)(y_true, y_pred, **keywords)
+
+    loss.__name__ = keras_name
+    return loss
+
+
+def _op(name: str) -> Callable[..., Any]:
+    """``keras.ops.<name>``, looked up when it is called."""
+
+    def op(*args: Any) -> Any:
+        return getattr(ops, name)(*args)
+
+    op.__name__ = name
+    return op
+
+
+def _builtin(
+    name: str,
+    keras_name: str,
+    summary: str,
+    *keywords: KeywordSpec,
+    min_units: int = 1,
+    columns: Callable[..., Any] | None = None,
+    column: Callable[..., Any] | None = None,
+) -> LossEntry:
+    return LossEntry(
+        name,
+        summary,
+        columns or _keras_loss(keras_name),
+        {k.name: k for k in keywords},
+        min_units,
+        keras_name,
+        column,
+    )
+
+
 _FROM_LOGITS = _flag("from_logits")
 _SMOOTHING = _kw("label_smoothing", 0.0, minimum=0.0, maximum=1.0)
 
-
-def _entry(
-    name: str, keras_name: str, summary: str, *kws: KeywordSpec, min_units: int = 1
-) -> LossEntry:
-    return LossEntry(name, summary, {k.name: k for k in kws}, min_units, keras_name)
-
-
 _BUILTINS = [
-    _entry("bce", "binary_crossentropy", "binary crossentropy", _FROM_LOGITS, _SMOOTHING),
-    _entry(
+    _builtin(
+        "bce",
+        "binary_crossentropy",
+        "binary crossentropy",
+        _FROM_LOGITS,
+        _SMOOTHING,
+        column=kernels.bce_column,
+    ),
+    _builtin(
         "cce",
         "categorical_crossentropy",
         "categorical crossentropy over a slice of one-hot units",
@@ -114,7 +205,7 @@ _BUILTINS = [
         _SMOOTHING,
         min_units=2,
     ),
-    _entry(
+    _builtin(
         "focal",
         "binary_focal_crossentropy",
         "binary focal crossentropy; giving alpha turns on class balancing",
@@ -122,18 +213,41 @@ _BUILTINS = [
         _kw("alpha", 0.25, minimum=0.0, maximum=1.0),
         _FROM_LOGITS,
         _SMOOTHING,
+        columns=kernels.focal,
+        column=kernels.focal_column,
     ),
-    _entry("mse", "mean_squared_error", "mean squared error"),
-    _entry("mae", "mean_absolute_error", "mean absolute error"),
-    _entry("mape", "mean_absolute_percentage_error", "mean absolute percentage error"),
-    _entry("msle", "mean_squared_logarithmic_error", "mean squared logarithmic error"),
-    _entry("huber", "huber", "Huber loss", _kw("delta", 1.0, minimum=0.0, exclusive_minimum=True)),
-    _entry("log_cosh", "log_cosh", "logarithm of the hyperbolic cosine of the error"),
-    _entry("kld", "kl_divergence", "Kullback-Leibler divergence"),
-    _entry("poisson", "poisson", "Poisson loss"),
-    _entry("hinge", "hinge", "hinge loss (0/1 labels are mapped to -1/1)"),
-    _entry("squared_hinge", "squared_hinge", "squared hinge loss"),
-    _entry(
+    _builtin("mse", "mean_squared_error", "mean squared error", column=kernels.mse_column),
+    _builtin("mae", "mean_absolute_error", "mean absolute error", column=kernels.mae_column),
+    _builtin(
+        "mape",
+        "mean_absolute_percentage_error",
+        "mean absolute percentage error",
+        column=kernels.mape_column,
+    ),
+    _builtin(
+        "msle",
+        "mean_squared_logarithmic_error",
+        "mean squared logarithmic error",
+        column=kernels.msle_column,
+    ),
+    _builtin(
+        "huber",
+        "huber",
+        "Huber loss",
+        _kw("delta", 1.0, minimum=0.0, exclusive_minimum=True),
+        column=kernels.huber_column,
+    ),
+    _builtin(
+        "log_cosh",
+        "log_cosh",
+        "logarithm of the hyperbolic cosine of the error",
+        column=kernels.log_cosh_column,
+    ),
+    _builtin("kld", "kl_divergence", "Kullback-Leibler divergence"),
+    _builtin("poisson", "poisson", "Poisson loss", column=kernels.poisson_column),
+    _builtin("hinge", "hinge", "hinge loss (0/1 labels are mapped to -1/1)"),
+    _builtin("squared_hinge", "squared_hinge", "squared hinge loss"),
+    _builtin(
         "cosine",
         "cosine_similarity",
         "negative cosine similarity over a slice (between -1 and 1)",
@@ -147,13 +261,37 @@ _losses: dict[str, LossEntry] = dict(BUILTIN_LOSSES)
 LOSSES: Mapping[str, LossEntry] = MappingProxyType(_losses)
 """Every loss a formula can call: the built-ins and the registered ones."""
 
-MATH: Mapping[str, int] = MappingProxyType(
-    {"abs": 1, "sqrt": 1, "log": 1, "exp": 1, "square": 1, "min": 2, "max": 2, "clip": 3}
-)
-"""Math functions on per-sample values, with their number of arguments."""
 
-ACCESSORS: frozenset[str] = frozenset({"pred", "true"})
-"""``pred(u)`` and ``true(u)``: one unit of ``y_pred`` or ``y_true``."""
+def _clip(x: float, lo: float, hi: float) -> float:
+    return min(max(x, lo), hi)
+
+
+_MATH = [
+    MathFunction("abs", ("x",), "absolute value", _op("abs"), abs),
+    MathFunction("sqrt", ("x",), "square root", _op("sqrt"), math.sqrt),
+    MathFunction("log", ("x",), "natural logarithm", _op("log"), math.log),
+    MathFunction("exp", ("x",), "exponential", _op("exp"), math.exp),
+    MathFunction("square", ("x",), "x * x", _op("square"), lambda x: x * x),
+    MathFunction("min", ("a", "b"), "the smaller of a and b", _op("minimum"), min),
+    MathFunction("max", ("a", "b"), "the larger of a and b", _op("maximum"), max),
+    MathFunction(
+        "clip",
+        ("x", "lo", "hi"),
+        "min(max(x, lo), hi)",
+        lambda x, lo, hi: ops.minimum(ops.maximum(x, lo), hi),
+        _clip,
+    ),
+]
+
+MATH: Mapping[str, MathFunction] = MappingProxyType({f.name: f for f in _MATH})
+"""Math functions on per-sample values."""
+
+ACCESSORS: Mapping[str, Accessor] = MappingProxyType(
+    {
+        "pred": Accessor("pred", "one unit of y_pred, one value per sample", True),
+        "true": Accessor("true", "one unit of y_true, one value per sample", False),
+    }
+)
 
 RESERVED: frozenset[str] = frozenset({"where", "and", "or", "not", "true", "false", "u"})
 """Words that cannot name a unit, a parameter or a loss."""
@@ -164,14 +302,19 @@ _lock = threading.Lock()
 _version = 0
 
 
+def lookup(name: str) -> Entry | None:
+    """The entry a call named ``name`` refers to, or ``None``."""
+    return LOSSES.get(name) or MATH.get(name) or ACCESSORS.get(name)
+
+
 def registry_version() -> int:
-    """Changes whenever ``register_loss`` changes the catalog (for caches)."""
+    """Changes whenever ``register_loss`` changes the catalogue (for caches)."""
     return _version
 
 
 def function_names() -> list[str]:
     """Every name a formula can call."""
-    return [*LOSSES, *MATH, *sorted(ACCESSORS)]
+    return [*LOSSES, *MATH, *ACCESSORS]
 
 
 def check_identifier(name: object, what: str) -> str | None:
@@ -193,14 +336,12 @@ def register_loss(
 ) -> None:
     """Make ``name(units, **kwargs)`` callable from formulas.
 
-    ``fn(y_true, y_pred, **kwargs)`` receives the selected columns, shape
-    ``(..., n_units)``, and must return one value per sample, shape
-    ``(...)``, using ``keras.ops``; each sample's value must depend on that
-    sample alone (inside a ``where`` term, masked rows hold placeholder
-    values). ``kwargs`` maps each keyword the loss
-    accepts to its default; a ``bool`` default makes it a flag, anything
-    else a number. The loss is validated exactly like a built-in: unknown
-    keywords, wrong types and too few units are errors with a caret.
+    ``fn(y_true, y_pred, **kwargs)`` receives the selected columns, shape ``(..., n_units)``,
+    and must return one value per sample, shape ``(...)``, using ``keras.ops``; each sample's
+    value must depend on that sample alone (inside a ``where`` term, masked rows hold
+    placeholder values). ``kwargs`` maps each keyword the loss accepts to its default; a
+    ``bool`` default makes it a flag, anything else a number. The loss is validated exactly
+    like a built-in: unknown keywords, wrong types and too few units are errors with a caret.
 
     >>> def sq_err(y_true, y_pred, scale=1.0):
     ...     from keras import ops
@@ -210,9 +351,9 @@ def register_loss(
     1.0
     >>> unregister_loss("sq_err")
 
-    Registering a name again replaces the earlier registration; the built-in
-    losses cannot be replaced. A model saved with a registered loss needs the
-    same ``register_loss`` call before it is loaded.
+    Registering a name again replaces the earlier registration; the built-in functions cannot
+    be replaced. A model saved with a registered loss needs the same ``register_loss`` call
+    before it is loaded.
     """
     global _version  # noqa: PLW0603 - a module-level counter guarded by _lock
     problem = check_identifier(name, "loss")
@@ -238,7 +379,9 @@ def register_loss(
                 f"Keyword {key!r} of {name!r} needs a bool or number default. "
                 f"Received: {default!r}."
             )
-    entry = LossEntry(name, summary or f"registered loss {name}", specs, min_units, None, fn)
+    entry = LossEntry(
+        name, summary or f"registered loss {name}", fn, specs, min_units, builtin=False
+    )
     with _lock:
         _losses[name] = entry
         _version += 1

@@ -21,10 +21,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from lossdsl import ast
+from lossdsl.arguments import WHERE_MEANS
+from lossdsl.catalog import LossEntry, MathFunction, lookup
 from lossdsl.config import load_spec
 from lossdsl.errors import LossDSLError, LossValidationError
 from lossdsl.lints import lint
-from lossdsl.validate import Checked, check, constant_value, split_term
+from lossdsl.validation import check
 
 if TYPE_CHECKING:
     from lossdsl.spec import LossSpec
@@ -82,47 +84,30 @@ def _error_json(e: LossDSLError) -> list[dict[str, Any]]:
     ]
 
 
-def _lints_of(spec: LossSpec) -> list[LossDSLError]:
-    checked = check(
-        spec.formula, units=spec.units, params=spec.params, allow_negative=spec.allow_negative
-    )
-    return [e.with_source(spec.formula.text()) for e in lint(checked)]
-
-
 def _check_line(formula: str, units: Any, params: Any, strict: bool) -> dict[str, Any]:
-    """One ``--stdin`` line's result: the checks of ``LossSpec`` without
-    building one (a service's hot path)."""
+    """One ``--stdin`` line's result."""
     try:
         checked = check(formula, units=units, params=params)
     except LossDSLError as e:
         return {"valid": False, "errors": _error_json(e), "warnings": []}
-    found = lint(checked)
-    if not found:
-        return _VALID
-    source = checked.formula.text()
-    lints = [item for e in found for item in _error_json(e.with_source(source))]
-    if strict:
+    lints = [item for e in lint(checked) for item in _error_json(e)]
+    if strict and lints:
         return {"valid": False, "errors": lints, "warnings": []}
     return {"valid": True, "errors": [], "warnings": lints}
-
-
-_VALID: dict[str, Any] = {"valid": True, "errors": [], "warnings": []}
-_VALID_LINE = json.dumps(_VALID) + "\n"  # the common answer, encoded once
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     if args.stdin:
         units, params = _json_arg(args.units, "units"), _json_arg(args.params, "params") or {}
         ok = True
-        write = sys.stdout.write
         for line in sys.stdin:
             result = _check_line(line.rstrip("\n"), units, params, args.strict)
             ok = ok and result["valid"]
-            write(_VALID_LINE if result is _VALID else json.dumps(result) + "\n")
+            print(json.dumps(result))
         return 0 if ok else 1
     try:
         spec = _spec_from(args)
-        found = _lints_of(spec)
+        found = lint(spec.checked)
         if args.strict and found:
             raise LossValidationError.collect(found)
     except LossDSLError as e:
@@ -178,46 +163,64 @@ def _parenthesised(node: ast.Node) -> str:
     return str(node)
 
 
-def _explain_rows(checked: Checked, where_mean: str) -> list[dict[str, str]]:
+def _explain_rows(spec: LossSpec) -> list[dict[str, str]]:
     rows = []
-    for t in checked.terms:
-        scalars, body, cond = split_term(t.expr)
-        weight = float(t.sign)
-        for op, e in scalars:
-            v = constant_value(e, checked.params)
-            weight = weight / v if op == "/" else weight * v
-        calls = [n for n in ast.walk(body) if isinstance(n, ast.Call)]
-        functions = sorted({c.name for c in calls})
-        units = sorted({str(c.args[0]) for c in calls if c.args and c.name not in ("abs",)})
+    for t in spec.checked.terms:
+        weight = t.weight(spec.params)
+        calls = [n for n in ast.walk(t.body) if isinstance(n, ast.Call)]
+        # The units a term reads: the selectors of its losses and of pred() and true().
+        units = {str(c.args[0]) for c in calls if c.args and not _is_math(c)}
         rows.append(
             {
                 "sign": "-" if weight < 0 else "+",
                 "weight": ast.format_number(abs(weight)),
-                "term": str(body),
-                "functions": ", ".join(functions) or "-",
-                "units": ", ".join(units) or "-",
-                "condition": str(cond) if cond is not None else "-",
+                "term": str(t.body),
+                "functions": ", ".join(sorted({c.name for c in calls})) or "-",
+                "units": ", ".join(sorted(units)) or "-",
+                "condition": str(t.cond) if t.cond is not None else "-",
                 "normalisation": (
-                    ("mean over selected samples" if where_mean == "selected" else "sum / batch")
-                    if cond is not None
-                    else "mean over the batch"
+                    "mean over the batch"
+                    if t.cond is None
+                    else "mean over selected samples"
+                    if spec.where_mean == "selected"
+                    else "sum / batch"
                 ),
             }
         )
     return rows
 
 
+def _is_math(call: ast.Call) -> bool:
+    return isinstance(lookup(call.name), MathFunction)
+
+
+def _legend(spec: LossSpec) -> list[str]:
+    """One line per function the formula calls, from its catalogue entry."""
+    names = sorted({n.name for n in ast.walk(spec.formula.expr) if isinstance(n, ast.Call)})
+    lines = []
+    for name in names:
+        entry = lookup(name)
+        if isinstance(entry, LossEntry) and entry.keras_name:
+            lines.append(f"{name}: {entry.summary} (keras.losses.{entry.keras_name})")
+        elif isinstance(entry, MathFunction):
+            lines.append(f"{entry.signature}: {entry.summary}")
+        elif entry is not None:
+            lines.append(f"{name}: {entry.summary}")
+    return lines
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     spec = _spec_from(args)
-    checked = check(spec.formula, units=spec.units, params=spec.params)
     print(_parenthesised(spec.formula.expr))
-    rows = _explain_rows(checked, spec.where_mean)
+    rows = _explain_rows(spec)
     headers = list(rows[0])
     widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
     print()
     print("  ".join(h.ljust(widths[h]) for h in headers).rstrip())
     for r in rows:
         print("  ".join(r[h].ljust(widths[h]) for h in headers).rstrip())
+    print()
+    print("\n".join(_legend(spec)))
     return 0
 
 
@@ -253,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("formula", nargs="?", help="the formula text")
         p.add_argument("--units", help="output width (N) or JSON mapping of names")
         p.add_argument("--params", help="JSON mapping of parameter names to numbers")
-        p.add_argument("--where-mean", default="selected", choices=["selected", "batch"])
+        p.add_argument("--where-mean", default=WHERE_MEANS[0], choices=WHERE_MEANS)
         if config:
             p.add_argument("--config", help="a YAML, TOML or JSON file holding the spec")
             p.add_argument("--key", help="dotted path to the spec inside --config")

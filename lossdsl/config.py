@@ -10,7 +10,6 @@ No Keras is imported.
 
 from __future__ import annotations
 
-import difflib
 import json
 import tomllib
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lossdsl.errors import LossDSLError, LossValidationError
+from lossdsl.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from lossdsl.spec import LossSpec
@@ -55,8 +55,7 @@ def _lookup(data: Any, key: str | None, path: Path) -> Any:
         if not isinstance(node, Mapping) or part not in node:
             here = ".".join(walked) or "the top level"
             keys = [str(k) for k in node] if isinstance(node, Mapping) else []
-            close = difflib.get_close_matches(part, keys, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(part, keys)
             available = f" Keys there: {', '.join(keys)}." if keys else " It is not a mapping."
             raise LossValidationError(
                 f"{path} has no key '{part}' under {here} (looking for '{key}').{hint}{available}"

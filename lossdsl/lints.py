@@ -1,8 +1,8 @@
 """Lints: formulas that are valid but probably not what was meant.
 
-Each lint has a stable code. ``validate`` warns with a ``LossDSLWarning`` by
-default and raises them as a ``LossValidationError`` with ``strict=True``;
-``lossdsl check --strict`` exits 1 on them.
+Each lint has a stable code. ``validate`` warns with a ``LossDSLWarning`` by default and raises
+them as a ``LossValidationError`` with ``strict=True``; ``lossdsl check --strict`` exits 1 on
+them.
 
 =======  ================================================================
 LD101    a term conditioned on a prediction of a unit the same term trains
@@ -11,19 +11,23 @@ LD103    a declared unit name the formula never uses
 LD104    a declared parameter the formula never uses
 LD105    the same top-level term written twice
 =======  ================================================================
+
+>>> from lossdsl import parse
+>>> from lossdsl.checker import check
+>>> [e.code for e in lint(check(parse("bce(u0) where pred(u0) >= 0.5"), units=1))]
+['LD101']
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from lossdsl import ast
 from lossdsl.catalog import LOSSES
+from lossdsl.checker import Checked
 from lossdsl.errors import LossValidationError
-from lossdsl.validate import Checked, Facts
 
-__all__ = ["CODES", "LossDSLWarning", "lint", "report"]
+__all__ = ["CODES", "LossDSLWarning", "lint"]
 
 CODES = {
     "LD101": "a term conditioned on a prediction of a unit it trains",
@@ -50,15 +54,11 @@ def _columns(checked: Checked, node: ast.Node, fn: tuple[str, ...]) -> set[int]:
     return out
 
 
-def _trained(checked: Checked, node: ast.Node) -> set[int]:
-    return _columns(checked, node, (*LOSSES, "pred"))
-
-
-def _probability_units(checked: Checked, calls: Iterable[ast.Call]) -> set[int]:
+def _probability_units(checked: Checked) -> set[int]:
     """Columns that a ``bce``, ``focal`` or ``cce`` call reads as probabilities."""
     out: set[int] = set()
-    for n in calls:
-        if n.name in _PROBABILITY_LOSSES and n.args:
+    for n in ast.walk(checked.formula.expr):
+        if isinstance(n, ast.Call) and n.name in _PROBABILITY_LOSSES and n.args:
             logits = any(
                 k.name == "from_logits" and isinstance(k.value, ast.Name) and k.value.id == "true"
                 for k in n.kwargs
@@ -67,14 +67,6 @@ def _probability_units(checked: Checked, calls: Iterable[ast.Call]) -> set[int]:
             if cols is not None and not logits:
                 out.update(range(*cols))
     return out
-
-
-def _number(node: ast.Expr) -> float | None:
-    if isinstance(node, ast.Number):
-        return node.value
-    if isinstance(node, ast.Neg) and isinstance(node.operand, ast.Number):
-        return -node.operand.value
-    return None
 
 
 _FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
@@ -92,8 +84,12 @@ def _verdict(op: str, c: float) -> str | None:
 
 
 def lint(checked: Checked) -> list[LossValidationError]:
-    """Every lint of a checked formula, each a ``LossValidationError`` with ``code``."""
-    return list(_lints(checked))
+    """Every lint of a checked formula, each a ``LossValidationError`` with ``code``, pointing
+    into the formula's text."""
+    found = list(_lints(checked))
+    for e in found:
+        e.with_source(checked.formula.text())
+    return found
 
 
 def _make(code: str, node: ast.Node | None, message: str, hint: str) -> LossValidationError:
@@ -102,29 +98,11 @@ def _make(code: str, node: ast.Node | None, message: str, hint: str) -> LossVali
     return err
 
 
-def _facts(expr: ast.Expr) -> Facts:
-    """What the lints look at, for a ``Checked`` made without them."""
-    calls: list[ast.Call] = []
-    used: set[str] = set()
-    compares: list[ast.Compare] = []
-    wheres: list[ast.Where] = []
-    for node in ast.walk(expr):
-        if isinstance(node, ast.Call):
-            calls.append(node)
-        elif isinstance(node, ast.Name):
-            used.add(node.id)
-        elif isinstance(node, ast.Compare):
-            compares.append(node)
-        elif isinstance(node, ast.Where):
-            wheres.append(node)
-    return Facts(tuple(calls), frozenset(used), tuple(compares), tuple(wheres))
-
-
 def _lints(checked: Checked) -> Iterator[LossValidationError]:
-    calls, used, compares, wheres = checked.facts or _facts(checked.formula.expr)
-    for where in wheres:
+    nodes = list(ast.walk(checked.formula.expr))
+    for where in (n for n in nodes if isinstance(n, ast.Where)):
         conditioned = _columns(checked, where.cond, ("pred",))
-        shared = conditioned and conditioned & _trained(checked, where.term)
+        shared = conditioned & _columns(checked, where.term, (*LOSSES, "pred"))
         if shared:
             units = ", ".join(f"u{c}" for c in sorted(shared))
             yield _make(
@@ -134,14 +112,17 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                 "the unit then learns only from samples it already predicts that way; "
                 "condition on the label instead, such as true(u0) == 1.",
             )
-    probability = _probability_units(checked, calls) if compares else set()
+    compares = [n for n in nodes if isinstance(n, ast.Compare)]
+    probability = _probability_units(checked) if compares else set()
     for node in compares:
         for side, other, op in (
             (node.left, node.right, node.op),
             (node.right, node.left, _FLIP[node.op]),
         ):
-            c = _number(other)
-            if c is None or not isinstance(side, ast.Call) or side.name not in ("pred", "true"):
+            c = ast.literal(other)
+            if isinstance(c, bool) or c is None:
+                continue
+            if not isinstance(side, ast.Call) or side.name not in ("pred", "true"):
                 continue
             cols = checked.units.resolve(side.args[0]) if side.args else None
             if cols is None or cols[0] not in probability:
@@ -156,6 +137,7 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                     "compare with a threshold between 0 and 1, or pass from_logits=true if "
                     "the unit holds logits.",
                 )
+    used = {n.id for n in nodes if isinstance(n, ast.Name)}
     for name in checked.units.names:
         if name not in used:
             yield _make(
@@ -172,38 +154,14 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                 f"The parameter '{name}' is declared but never used.",
                 "remove it from params, or use it.",
             )
-    # Terms compared only with earlier terms of the same shape: equality stops
-    # at the first difference, where hashing would walk every term whole.
-    earlier: dict[tuple[object, ...], list[ast.Expr]] = {}
+    seen: set[ast.Expr] = set()
     for term in checked.terms:
-        same_shape = earlier.setdefault(_shape(term.expr), [])
-        if any(term.expr == e for e in same_shape):
+        if term.expr in seen:
+            shown = str(term.expr) if isinstance(term.expr, ast.Call) else f"({term.expr})"
             yield _make(
                 "LD105",
                 term.expr,
                 f"The term '{term.expr}' is written twice.",
-                f"write it once with a weight: 2*{term.expr}"
-                if isinstance(term.expr, ast.Call)
-                else f"write it once with a weight: 2*({term.expr}).",
+                f"write it once with a weight: 2*{shown}.",
             )
-        else:
-            same_shape.append(term.expr)
-
-
-def _shape(node: ast.Node) -> tuple[object, ...]:
-    """What two equal terms share: their types and call names, one level down."""
-    if isinstance(node, ast.Call):
-        return (ast.Call, node.name)
-    return (type(node), *((type(c), getattr(c, "name", None)) for c in node.children()))
-
-
-def report(checked: Checked, *, strict: bool) -> list[LossValidationError]:
-    """Raise the lints (``strict``) or warn with them; returns them either way."""
-    found = lint(checked)
-    for e in found:
-        e.with_source(checked.formula.text())
-    if found and strict:
-        raise LossValidationError.collect(found)
-    for e in found:
-        warnings.warn(LossDSLWarning(str(e)), stacklevel=3)
-    return found
+        seen.add(term.expr)

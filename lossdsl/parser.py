@@ -4,16 +4,20 @@ Design
 ------
 * The grammar is ``grammar/lossdsl.lark`` (shipped inside the wheel as
   ``lossdsl/lossdsl.lark``); it is the specification of the syntax.
-* One LALR parser is built lazily, on first use, under a lock. The AST is
-  built by Lark's embedded transformer while parsing, bottom-up and without
-  recursion, so no parse tree is materialised and nesting cannot overflow the
-  Python stack. Spans come from the tokens each node is made of.
-* Limits are checked before Lark runs: at most ``MAX_LENGTH`` characters and
-  ``MAX_DEPTH`` levels of nesting (parentheses, unary operators, calls).
-* Every Lark exception is translated into a ``LossSyntaxError`` with a caret
-  and an English list of what was expected; none escapes.
-* ``parse`` is cached by text (a formula in a training loop or a service is
-  parsed once). The cache and the lazily built parser are thread-safe.
+* One LALR parser with Lark's contextual lexer is built lazily, on first use, under a lock.
+  ``_Build``, a Lark ``Transformer`` run by the parser as it reduces, turns each named rule
+  into one AST node, bottom-up and without recursion, so nesting cannot overflow the Python
+  stack. Spans come from the tokens each node is made of.
+* The few rules that depend on how the text is written, not only on its tree, are checked
+  here, where the text is known: a keyword used as a name, a positional argument after a
+  keyword, a number that float64 cannot hold, and a constant right after a condition
+  (``T where C + 1``). No later stage reads the text.
+* Limits are checked around Lark: the text's length before, the nesting and the number of
+  terms after, on the tree (see ``MAX_LENGTH`` and the others).
+* Every Lark exception becomes a ``LossSyntaxError`` with a caret and an English list of what
+  was expected (``lossdsl.parse_errors``); none escapes.
+* ``parse`` is cached by text (a formula in a training loop or a service is parsed once).
+  The cache and the lazily built parser are thread-safe.
 
 >>> f = parse("bce(u0) + 0.5*mse(u[1:3]) where true(u0) == 1")
 >>> str(f)
@@ -33,13 +37,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import lark
 from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.exceptions import LarkError, UnexpectedInput
 
 from lossdsl import ast
-from lossdsl._driver import Driver, UnsupportedGrammar
 from lossdsl.errors import LossDSLError, LossSyntaxError, Span
+from lossdsl.parse_errors import KEYWORDS, paren_scan, strip_comments, translate
 
 __all__ = [
     "MAX_DEPTH",
@@ -53,28 +56,28 @@ __all__ = [
 ]
 
 MAX_LENGTH = 10_000
-"""Longest formula accepted, in characters, not counting whitespace and comments,
-and counting each number as one character however it is written. The canonical
-text of an accepted formula is therefore accepted too: it differs only in
-spaces, parentheses it drops, and the spelling of numbers (``.5`` is ``0.5``)."""
+"""Longest formula accepted, in characters, not counting whitespace and comments, and counting
+each number as one character however it is written. The canonical text of an accepted formula
+is therefore accepted too: it differs only in spaces, parentheses it drops, and the spelling of
+numbers (``.5`` is ``0.5``)."""
 MAX_TERMS = 1_000
 """Most additive terms accepted (``+`` and ``-`` operands, counted over the whole formula)."""
 MAX_RAW_LENGTH = 100_000
 """Longest text accepted, comments and whitespace included."""
-# What the length limit counts: everything but comments and whitespace (group 1),
-# each number (not the digits of a name such as u12) as one.
+MAX_DEPTH = 100
+"""Deepest nesting accepted: at most this many parentheses inside one another, and at most this
+many calls and unary operators (``-``, ``not``) inside one another."""
+MAX_TREE_DEPTH = 200
+"""Deepest syntax tree accepted: sums, products, conditions, calls and unary operators inside one
+another, whatever parentheses they take. It keeps every recursive walk of a formula (equality,
+printing, pickling, the checks) far from Python's recursion limit."""
+
+# What the length limit counts: everything but comments and whitespace (group 1), each number
+# (not the digits of a name such as u12) as one.
 _LENGTH_UNITS = re.compile(
     r"(#[^\n]*|\s+)|(?<![\w.])(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|.", re.DOTALL
 )
-MAX_DEPTH = 100
-"""Deepest nesting accepted: at most this many parentheses inside one another,
-and at most this many calls and unary operators (``-``, ``not``) inside one another."""
-MAX_TREE_DEPTH = 200
-"""Deepest syntax tree accepted: sums, products, conditions, calls and unary
-operators inside one another, whatever parentheses they take. It keeps every
-recursive walk of a formula (equality, printing, pickling, the checks) far from
-Python's recursion limit."""
-
+_TOO_LONG_HINT = "a loss formula this long is almost certainly generated by mistake."
 _TOO_DEEP_HINT = (
     "split it into simpler terms; nesting this deep is almost certainly generated by mistake."
 )
@@ -82,8 +85,8 @@ _GRAMMAR_NAME = "lossdsl.lark"
 
 
 def grammar_path() -> Path:
-    """Where the grammar is read from: inside the installed package, or the
-    repository's ``grammar/`` folder in a source checkout."""
+    """Where the grammar is read from: inside the installed package, or the repository's
+    ``grammar/`` folder in a source checkout."""
     packaged = resources.files("lossdsl") / _GRAMMAR_NAME
     if packaged.is_file():
         return Path(str(packaged))
@@ -95,41 +98,37 @@ def grammar_text() -> str:
     return grammar_path().read_text(encoding="utf-8")
 
 
-def _span(start: Token, end: Token | ast.Node) -> Span:
-    # ``start`` and ``end`` are tokens from Lark or from lossdsl._driver: both
-    # carry start_pos and end_pos.
-    stop = _end(end) if isinstance(end, ast.Node) else end.end_pos
-    return (start.start_pos or 0, stop or 0)
+# -- the tree builder ------------------------------------------------------------------------
 
 
-def _end(node: ast.Node) -> int:
-    return node.span[1] if node.span else 0
+def _token_span(tok: Token) -> Span:
+    return (tok.start_pos or 0, tok.end_pos or 0)
+
+
+def _outer(first: ast.Node, last: ast.Node) -> Span:
+    """The span from ``first``'s start to ``last``'s end (every node built here has one)."""
+    assert first.span is not None and last.span is not None
+    return (first.span[0], last.span[1])
 
 
 class _Build(Transformer[Token, Any]):
-    """Lark callbacks, one per named rule or alias, each building one node."""
+    """Lark callbacks, one per named rule or alias of the grammar, each building one node."""
 
     def start(self, c: list[Any]) -> Any:
         return c[0]
 
-    # Tokens come from Lark or from lossdsl._driver; both always carry int
-    # start_pos and end_pos here (typed Optional on Lark's Token).
-
-    def number(self, c: list[Any]) -> ast.Number:
-        tok = c[0]
+    def number(self, c: list[Token]) -> ast.Number:
+        (tok,) = c
         value = float(tok)
-        if value == 0 or not math.isfinite(value):
-            _check_number(tok, value)
-        return ast.Number(value, (tok.start_pos, tok.end_pos))
+        _check_number(tok, value)
+        return ast.Number(value, _token_span(tok))
 
-    def name(self, c: list[Any]) -> ast.Name | ast.Unit:
-        tok = c[0]
-        if tok in _KEYWORDS:
-            _not_a_keyword(tok)
-        span = (tok.start_pos, tok.end_pos)
+    def name(self, c: list[Token]) -> ast.Name | ast.Unit:
+        (tok,) = c
+        _not_a_keyword(tok)
         if tok[0] == "u" and tok[1:].isdigit():  # u3; a NAME is ASCII
-            return ast.Unit(int(tok[1:]), span)
-        return ast.Name(str(tok), span)
+            return ast.Unit(int(tok[1:]), _token_span(tok))
+        return ast.Name(str(tok), _token_span(tok))
 
     def unit_slice(self, c: list[Token]) -> ast.UnitSlice:
         name, start, stop, rsqb = c
@@ -137,36 +136,26 @@ class _Build(Transformer[Token, Any]):
             raise LossSyntaxError(
                 "Only the units can be sliced, as u[start:stop]. "
                 f"Received: {name}[{start}:{stop}].",
-                span=_span(name, name),
+                span=_token_span(name),
                 hint=f"write u[{start}:{stop}], or bind a name to the range with "
                 f"units={{'{name}': [{start}, {stop}]}}.",
             )
-        return ast.UnitSlice(int(start), int(stop), span=_span(name, rsqb))
+        return ast.UnitSlice(int(start), int(stop), span=(name.start_pos or 0, rsqb.end_pos or 0))
 
     def arguments(self, c: list[Any]) -> list[Any]:
         return c
 
     def keyword(self, c: list[Any]) -> ast.Keyword:
         name, value = c
-        if name in _KEYWORDS:
-            _not_a_keyword(name)
-        return ast.Keyword(str(name), value, span=_span(name, value))
+        _not_a_keyword(name)
+        return ast.Keyword(str(name), value, span=(name.start_pos or 0, value.span[1]))
 
     def call(self, c: list[Any]) -> ast.Call:
         name, args, rpar = c
-        if name in _KEYWORDS:
-            _not_a_keyword(name)
-        span, name_span = (name.start_pos, rpar.end_pos), (name.start_pos, name.end_pos)
-        if args is None:
-            return ast.Call(str(name), (), (), span, name_span)
-        for a in args:
-            if type(a) is ast.Keyword:
-                break
-        else:  # positional arguments only
-            return ast.Call(str(name), tuple(args), (), span, name_span)
+        _not_a_keyword(name)
         positional: list[ast.Expr] = []
         keywords: list[ast.Keyword] = []
-        for a in args:
+        for a in args or ():
             if isinstance(a, ast.Keyword):
                 keywords.append(a)
             elif keywords:
@@ -177,51 +166,49 @@ class _Build(Transformer[Token, Any]):
                 )
             else:
                 positional.append(a)
-        return ast.Call(str(name), tuple(positional), tuple(keywords), span, name_span)
+        span = (name.start_pos or 0, rpar.end_pos or 0)
+        return ast.Call(str(name), tuple(positional), tuple(keywords), span, _token_span(name))
 
     def group(self, c: list[Any]) -> ast.Node:
-        # Parentheses make no node; they widen the span so carets cover them.
+        # Parentheses make no node; they widen the span so that carets cover them.
         lpar, inner, rpar = c
-        widened: ast.Node = dataclasses.replace(inner, span=_span(lpar, rpar))
+        widened: ast.Node = dataclasses.replace(
+            inner, span=(lpar.start_pos or 0, rpar.end_pos or 0)
+        )
         return widened
-
-    # Spans: every node the parser builds has one, so children's spans are read directly.
 
     def neg(self, c: list[Any]) -> ast.Neg:
         minus, operand = c
-        return ast.Neg(operand, (minus.start_pos, operand.span[1]))
+        return ast.Neg(operand, (minus.start_pos or 0, operand.span[1]))
 
     def sum(self, c: list[Any]) -> ast.Sum:
+        _no_constant_after_a_condition(c)
         terms = _chain(c, ast.Sum)
-        return ast.Sum(terms, (terms[0][1].span[0], terms[-1][1].span[1]))
+        return ast.Sum(terms, _outer(terms[0][1], terms[-1][1]))
 
     def product(self, c: list[Any]) -> ast.Product:
         factors = _chain(c, ast.Product)
-        return ast.Product(factors, (factors[0][1].span[0], factors[-1][1].span[1]))
+        return ast.Product(factors, _outer(factors[0][1], factors[-1][1]))
 
     def where(self, c: list[Any]) -> ast.Where:
         term, cond = c
-        return ast.Where(term, cond, (term.span[0], cond.span[1]))
+        return ast.Where(term, cond, _outer(term, cond))
 
     def compare(self, c: list[Any]) -> ast.Compare:
         left, op, right = c
-        return ast.Compare(str(op), left, right, (left.span[0], right.span[1]))
+        return ast.Compare(str(op), left, right, _outer(left, right))
 
     def or_cond(self, c: list[Any]) -> ast.Or:
         items = _flatten_first(c, ast.Or)
-        return ast.Or(items, (items[0].span[0], items[-1].span[1]))
+        return ast.Or(items, _outer(items[0], items[-1]))
 
     def and_cond(self, c: list[Any]) -> ast.And:
         items = _flatten_first(c, ast.And)
-        return ast.And(items, (items[0].span[0], items[-1].span[1]))
+        return ast.And(items, _outer(items[0], items[-1]))
 
     def not_(self, c: list[Any]) -> ast.Not:
         tok, operand = c
-        return ast.Not(operand, (tok.start_pos, operand.span[1]))
-
-
-_KEYWORDS = frozenset({"where", "and", "or", "not"})
-_KEYWORD_TERMINALS = (("where", "_WHERE"), ("and", "_AND"), ("or", "_OR"), ("not", "NOT"))
+        return ast.Not(operand, (tok.start_pos or 0, operand.span[1]))
 
 
 def _check_number(tok: Token, value: float) -> None:
@@ -229,43 +216,67 @@ def _check_number(tok: Token, value: float) -> None:
     if not math.isfinite(value):
         raise LossSyntaxError(
             f"The number {tok} is too large to represent.",
-            span=_span(tok, tok),
+            span=_token_span(tok),
             hint="numbers in a formula must be finite floats (below about 1.8e308).",
         )
-    if value == 0 and any(d in "123456789" for d in tok.split("e")[0].split("E")[0]):
+    if value == 0 and any(d in "123456789" for d in re.split("[eE]", tok)[0]):
         raise LossSyntaxError(
             f"The number {tok} is too small to represent: it would be read as 0.",
-            span=_span(tok, tok),
+            span=_token_span(tok),
             hint="numbers in a formula must be 0 or at least about 1.2e-38 in size.",
         )
 
 
 def _not_a_keyword(tok: Token) -> None:
-    # Where a keyword cannot stand, the contextual lexer reads it as a name;
-    # say what it is rather than calling it an unknown parameter.
-    if tok in _KEYWORDS:
+    # Where a keyword cannot stand, the contextual lexer reads it as a name; say what it is
+    # rather than calling it an unknown parameter.
+    if tok in KEYWORDS:
         hint = {
             "where": "'where' follows a whole term: T where pred(u0) >= 0.5.",
             "not": "'not' starts a condition: T where not true(u0) == 1.",
         }.get(str(tok), f"'{tok}' joins two comparisons: T where A {tok} B.")
         raise LossSyntaxError(
             f"Unexpected keyword '{tok}': a term or a value is expected here.",
-            span=_span(tok, tok),
+            span=_token_span(tok),
             hint=hint,
         )
+
+
+def _no_constant_after_a_condition(c: list[Any]) -> None:
+    """``T where C + 1`` reads as if ``1`` were part of the threshold, but a condition ends at
+    the next ``+`` or ``-``: the constant is a term of its own. Refuse it unless the where-term
+    is parenthesised, ``(T where C) + 1``, which a where-term's span then starts before its
+    term's (``group`` widened it)."""
+    for i in range(2, len(c), 2):
+        before, op, after = c[i - 2], c[i - 1], c[i]
+        if (
+            isinstance(before, ast.Where)
+            and before.span == _outer(before.term, before.cond)
+            and not ast.has_data(after)
+        ):
+            raise LossSyntaxError(
+                f"A constant follows a condition: '{op} {after}' is a term of its own, "
+                "not part of the comparison before it.",
+                span=after.span,
+                hint="a condition ends at the next + or -. To compare with an "
+                f"expression, parenthesise it: where x > (1 {op} {after}); to add a "
+                "constant, put it first or parenthesise the where-term.",
+            )
 
 
 def _chain(c: list[Any], kind: type[ast.Sum] | type[ast.Product]) -> tuple[tuple[str, Any], ...]:
     """``[e0, op, e1, op, e2]`` as ``((first_op, e0), (op, e1), ...)``.
 
-    A parenthesised chain of the same kind in first position is spliced in:
-    ``(a + b) + c`` means ``a + b + c`` exactly, and printing it back gives the
-    flat form, so the round trip is exact.
+    A parenthesised chain of the same kind in first position is spliced in: ``(a + b) + c``
+    means ``a + b + c`` exactly, and printing it back gives the flat form, so the round trip
+    is exact.
     """
     first = c[0]
     head: tuple[tuple[str, Any], ...]
-    if isinstance(first, kind):
-        head = first.terms if isinstance(first, ast.Sum) else first.factors
+    if isinstance(first, ast.Sum) and kind is ast.Sum:
+        head = first.terms
+    elif isinstance(first, ast.Product) and kind is ast.Product:
+        head = first.factors
     else:
         head = (("+" if kind is ast.Sum else "*", first),)
     return head + tuple(zip(map(str, c[1::2]), c[2::2], strict=True))
@@ -279,284 +290,85 @@ def _flatten_first(c: list[Any], kind: type[ast.Or] | type[ast.And]) -> tuple[An
 
 
 _parser: Lark | None = None
-_driver: Driver | None = None
 _parser_lock = threading.Lock()
 
 
-def _get_parser() -> Lark:
-    global _parser, _driver  # noqa: PLW0603 - the one lazily built parser
-    if _parser is None:
-        with _parser_lock:
-            if _parser is None:
-                lark_parser = Lark(
-                    grammar_text(),
-                    parser="lalr",
-                    lexer="contextual",
-                    transformer=_Build(),
-                    maybe_placeholders=True,
-                )
-                try:
-                    _driver = Driver(lark_parser, _Build())
-                except UnsupportedGrammar:  # pragma: no cover - a grammar edit; Lark still parses
-                    _driver = None
-                _parser = lark_parser
-    return _parser
+def _lark() -> Lark:
+    global _parser  # noqa: PLW0603 - the one lazily built parser
+    with _parser_lock:
+        if _parser is None:
+            _parser = Lark(
+                grammar_text(),
+                parser="lalr",
+                lexer="contextual",
+                transformer=_Build(),
+                maybe_placeholders=True,
+            )
+        return _parser
 
 
-def _parse_text(text: str) -> Any:
-    """The AST of ``text``: through the fast driver when it can, else through
-    Lark, whose exceptions carry what the error messages need."""
-    lark_parser = _get_parser()
-    if _driver is not None:
-        try:
-            tree = _driver.parse(text)
-        except LossDSLError:
-            tree = None  # Lark raises the same error with its own token positions
-        if tree is not None:
-            return tree
-    return lark_parser.parse(text)
+# -- limits ----------------------------------------------------------------------------------
 
 
-# -- limits and parenthesis bookkeeping ---------------------------------------
+def _check_length(text: str) -> None:
+    if len(text) > MAX_RAW_LENGTH:
+        raise LossSyntaxError(
+            f"The formula text is {len(text):,} characters long; the limit is {MAX_RAW_LENGTH:,}.",
+            source=text,
+            span=(MAX_RAW_LENGTH, MAX_RAW_LENGTH + 1),
+            hint=_TOO_LONG_HINT,
+        )
+    if len(text) <= MAX_LENGTH:
+        return  # what the limit counts is never more than the text
+    count, past = 0, len(text)
+    for m in _LENGTH_UNITS.finditer(text):
+        if m.group(1) is None:
+            count += 1
+            if count == MAX_LENGTH + 1:
+                past = m.start()
+    if count > MAX_LENGTH:
+        raise LossSyntaxError(
+            f"The formula is {count:,} characters long, not counting spaces and comments; "
+            f"the limit is {MAX_LENGTH:,}.",
+            source=text,
+            span=(past, len(text)),
+            hint=_TOO_LONG_HINT,
+        )
 
 
-def _scan(text: str) -> tuple[list[int], list[int], int | None]:
-    """Unmatched ``)`` offsets, unclosed ``(`` offsets, and the offset of the
-    first ``(`` nested deeper than ``MAX_DEPTH`` (or ``None``). Comments skipped."""
-    opened: list[int] = []
-    unmatched: list[int] = []
-    too_deep: int | None = None
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "#":
-            j = text.find("\n", i)
-            i = n if j == -1 else j
-            continue
-        if ch == "(":
-            opened.append(i)
-            if too_deep is None and len(opened) > MAX_DEPTH:
-                too_deep = i
-        elif ch == ")":
-            if opened:
-                opened.pop()
-            else:
-                unmatched.append(i)
-        i += 1
-    return unmatched, opened, too_deep
-
-
-_NESTING = (ast.Call, ast.Neg, ast.Not)
-
-
-def _check_depth(expr: ast.Node, source: str) -> None:
-    """At most ``MAX_DEPTH`` calls and unary operators inside one another (the
-    parentheses are counted by ``_scan``), a tree at most ``MAX_TREE_DEPTH``
-    deep, and at most ``MAX_TERMS`` additive terms in all; without recursion."""
+def _check_tree(expr: ast.Node, source: str) -> None:
+    """At most ``MAX_DEPTH`` calls and unary operators inside one another, a tree at most
+    ``MAX_TREE_DEPTH`` deep, and at most ``MAX_TERMS`` additive terms in all; without
+    recursion."""
     stack: list[tuple[ast.Node, int, int]] = [(expr, 0, 1)]
     terms = 0
     while stack:
-        node, depth, tree = stack.pop()
-        if tree > MAX_TREE_DEPTH:
-            raise LossSyntaxError(
-                f"The formula nests more than {MAX_TREE_DEPTH} operations inside one another.",
-                source=source,
-                span=node.span,
-                hint=_TOO_DEEP_HINT,
-            )
+        node, nesting, depth = stack.pop()
+        if isinstance(node, ast.Call | ast.Neg | ast.Not):
+            nesting += 1
         if isinstance(node, ast.Sum):
             terms += len(node.terms)
-            if terms > MAX_TERMS:
-                raise LossSyntaxError(
-                    f"The formula has more than {MAX_TERMS:,} terms.",
-                    source=source,
-                    span=node.span,
-                    hint="a loss formula this long is almost certainly generated by mistake.",
-                )
-        if isinstance(node, _NESTING):
-            depth += 1
-        if depth > MAX_DEPTH:
-            raise LossSyntaxError(
-                f"The formula is nested more than {MAX_DEPTH} levels deep.",
-                source=source,
-                span=node.span,
-                hint=_TOO_DEEP_HINT,
-            )
-        stack.extend((child, depth, tree + 1) for child in node.children())
+        problem = None
+        if depth > MAX_TREE_DEPTH:
+            problem = f"The formula nests more than {MAX_TREE_DEPTH} operations inside one another."
+        elif nesting > MAX_DEPTH:
+            problem = f"The formula is nested more than {MAX_DEPTH} levels deep."
+        elif terms > MAX_TERMS:
+            problem = f"The formula has more than {MAX_TERMS:,} terms."
+        if problem:
+            hint = _TOO_LONG_HINT if terms > MAX_TERMS else _TOO_DEEP_HINT
+            raise LossSyntaxError(problem, source=source, span=node.span, hint=hint)
+        stack.extend((child, nesting, depth + 1) for child in node.children())
 
 
-# -- Lark errors in words ------------------------------------------------------
-
-_TERMINALS = {
-    "NUMBER": "a number",
-    "INT": "a whole number",
-    "NAME": "a name",
-    "LPAR": "'('",
-    "RPAR": "')'",
-    "LSQB": "'['",
-    "RSQB": "']'",
-    "COMMA": "','",
-    "COLON": "':'",
-    "EQUAL": "'='",
-    "MINUS": "'-'",
-    "OPERATOR": "an operator (+, -, *, /)",
-    "ADDOP": "'+' or '-'",
-    "MULOP": "'*' or '/'",
-    "CMPOP": "a comparison (<, <=, >, >=, ==, !=)",
-    "_WHERE": "'where'",
-    "_AND": "'and'",
-    "_OR": "'or'",
-    "NOT": "'not'",
-    "$END": "the end of the formula",
-}
-_ORDER = list(_TERMINALS)
-_TERM_START = {"NUMBER", "NAME", "LPAR"}
-
-
-def _expected(names: set[str]) -> str:
-    if names >= _TERM_START and not names & {"ADDOP", "MULOP", "RPAR", "$END", "CMPOP"}:
-        if "NOT" in names:
-            return "a condition: a comparison such as pred(u0) >= 0.5, 'not' or '('"
-        return "a term: a number, a name, a call or '('"
-    if "MULOP" in names:
-        # After a complete operand: '(' and '[' would only continue a call or a
-        # slice, which is never what the user was missing.
-        names = names - {"LPAR", "LSQB", "EQUAL"}
-        if "ADDOP" in names:
-            names = (names - {"ADDOP", "MULOP"}) | {"OPERATOR"}
-    words = [_TERMINALS[n] for n in sorted(names, key=_rank) if n in _TERMINALS]
-    if not words:
-        return "something else"
-    if len(words) == 1:
-        return words[0]
-    return ", ".join(words[:-1]) + " or " + words[-1]
-
-
-def _rank(name: str) -> int:
-    return _ORDER.index(name) if name in _ORDER else len(_ORDER)
-
-
-def _describe(tok: Token) -> str:
-    if tok.type == "NAME":
-        return f"name '{tok}'"
-    if tok.type in ("NUMBER", "INT"):
-        return f"number {tok}"
-    return f"'{tok}'"
-
-
-def _translate(e: UnexpectedInput, text: str) -> LossSyntaxError:
-    unmatched, unclosed, _ = _scan(text)
-    if isinstance(e, UnexpectedToken):
-        # ``accepts`` is what the parser would really take here; ``expected``
-        # may hold extra terminals from merged LALR states.
-        names = set(e.accepts or e.expected)
-    if isinstance(e, UnexpectedToken) and e.token.type == "$END":
-        if unclosed:
-            pos = unclosed[-1]
-            return LossSyntaxError(
-                "Unclosed '(': the formula ends before its ')'.",
-                source=text,
-                span=(pos, pos + 1),
-                hint="add the missing ')' or remove this '('.",
-            )
-        hint = None
-        if _strip_comments(text).rstrip().endswith("where"):
-            hint = "'where' needs a condition: T where true(u0) == 1."
-        elif names >= _TERM_START:
-            hint = "the formula ends with an operator; remove it or add the missing term."
-        return LossSyntaxError(
-            f"Unexpected end of formula. Expected {_expected(names)}.",
-            source=text,
-            span=(len(text), len(text) + 1),
-            hint=hint,
-        )
-    if isinstance(e, UnexpectedToken):
-        tok = e.token
-        start = tok.start_pos or 0
-        span = (start, tok.end_pos if tok.end_pos is not None else start + 1)
-        if tok.type == "RPAR" and start in unmatched:
-            return LossSyntaxError(
-                "Unexpected ')': it closes no '('.",
-                source=text,
-                span=span,
-                hint="remove it or add the matching '('.",
-            )
-        return LossSyntaxError(
-            f"Unexpected {_describe(tok)}. Expected {_expected(names)}.",
-            source=text,
-            span=span,
-            hint=_token_hint(text, tok, names),
-        )
-    if isinstance(e, UnexpectedCharacters):
-        pos = e.pos_in_stream or 0
-        ch = text[pos] if pos < len(text) else ""
-        names = set(e.allowed or ())
-        shown = repr(ch) if not ch.isprintable() or not ch.isascii() else f"'{ch}'"
-        if ch == ")" and pos in unmatched:
-            return LossSyntaxError(
-                "Unexpected ')': it closes no '('.",
-                source=text,
-                span=(pos, pos + 1),
-                hint="remove it or add the matching '('.",
-            )
-        return LossSyntaxError(
-            f"Unexpected character {shown}. Expected {_expected(names)}.",
-            source=text,
-            span=(pos, pos + 1),
-            hint=_char_hint(text, pos, names),
-        )
-    return LossSyntaxError(f"Invalid formula: {e}", source=text, span=(0, 1))
-
-
-def _token_hint(text: str, tok: Token, expected: set[str]) -> str | None:
-    if tok.type == "EQUAL":
-        return "compare with '==', not '='; a single '=' only sets a keyword argument."
-    if tok.type == "MULOP" and tok.start_pos and text[tok.start_pos - 1] == "*":
-        return "there is no power operator; use square(x), sqrt(x) or exp(k * log(x))."
-    if tok.type == "ADDOP" and "CMPOP" in expected:
-        return (
-            "a comparison operand cannot contain a top-level + or -, because a condition "
-            "ends at the next + or -; parenthesise it: (pred(u0) - true(u0)) > 0.1."
-        )
-    if tok.type == "CMPOP":
-        return "comparisons only appear in a condition: T where pred(u0) >= 0.5."
-    if tok.type == "_WHERE":
-        return "a term takes one 'where'; combine conditions with 'and': T where A and B."
-    if tok.type == "NAME":
-        for word, terminal in _KEYWORD_TERMINALS:
-            rest = tok[len(word) :]
-            if tok.startswith(word) and rest and terminal in expected:
-                return (
-                    f"'{tok}' is one name: a keyword is a whole word. For '{word}' followed "
-                    f"by '{rest}', write '{word} {rest}'."
-                )
-    if tok.type in ("NAME", "NUMBER", "LPAR") and expected & {"ADDOP", "MULOP"}:
-        return "an operator is missing between two terms: write '*' to multiply, '+' to add."
-    return None
-
-
-def _char_hint(text: str, pos: int, expected: set[str]) -> str | None:
-    ch = text[pos]
-    if ch == "=":
-        return (
-            "compare with '=='; a single '=' only sets a keyword argument, "
-            "as in huber(u1, delta=1.0)."
-        )
-    if ch == "^":
-        return "there is no power operator; use square(x), sqrt(x) or exp(k * log(x))."
-    if ch in "&|!":
-        return "combine conditions with the words 'and', 'or' and 'not'."
-    return None
-
-
-# -- the entry point ------------------------------------------------------------
+# -- the entry point -------------------------------------------------------------------------
 
 
 def parse(text: str) -> ast.Formula:
     """Parse formula text into a frozen ``Formula``.
 
-    Raises ``LossSyntaxError`` (with a caret under the offending text) for
-    anything that is not a formula. The result is cached by text.
+    Raises ``LossSyntaxError`` (with a caret under the offending text) for anything that is not
+    a formula. The result is cached by text.
 
     >>> parse("(1 - alpha)*mse(u1)").expr  # doctest: +NORMALIZE_WHITESPACE
     Product(factors=(('*', Sum(terms=(('+', Number(value=1.0)), ('-', Name(id='alpha'))))),
@@ -569,70 +381,30 @@ def parse(text: str) -> ast.Formula:
 
 @lru_cache(maxsize=4096)
 def _parse_cached(text: str) -> ast.Formula:
-    if len(text) > MAX_RAW_LENGTH:
+    _check_length(text)
+    parens = paren_scan(text, MAX_DEPTH)
+    if parens.too_deep is not None:
         raise LossSyntaxError(
-            f"The formula text is {len(text):,} characters long; the limit is {MAX_RAW_LENGTH:,}.",
+            f"The formula is nested more than {MAX_DEPTH} levels deep.",
             source=text,
-            span=(MAX_RAW_LENGTH, MAX_RAW_LENGTH + 1),
-            hint="a loss formula this long is almost certainly generated by mistake.",
+            span=(parens.too_deep, parens.too_deep + 1),
+            hint=_TOO_DEEP_HINT,
         )
-    # Each limit is checked only when a cheap count says it could be reached: each
-    # level of nesting, and each term, takes at least one character.
-    opens = text.count("(")
-    if len(text) > MAX_LENGTH:
-        significant, past = _length(text)
-        if significant > MAX_LENGTH:
-            raise LossSyntaxError(
-                f"The formula is {significant:,} characters long, not counting spaces and "
-                f"comments; the limit is {MAX_LENGTH:,}.",
-                source=text,
-                span=(past, len(text)),
-                hint="a loss formula this long is almost certainly generated by mistake.",
-            )
-    if opens > MAX_DEPTH:
-        _, _, too_deep = _scan(text)
-        if too_deep is not None:
-            raise LossSyntaxError(
-                f"The formula is nested more than {MAX_DEPTH} levels deep.",
-                source=text,
-                span=(too_deep, too_deep + 1),
-                hint=_TOO_DEEP_HINT,
-            )
     try:
-        expr: ast.Expr = _parse_text(text)
+        tree: Any = _lark().parse(text)  # the transformer made it an AST node
+        expr: ast.Expr = tree
     except UnexpectedInput as e:
-        if not _strip_comments(text).strip():
+        if not strip_comments(text).strip():
             raise LossSyntaxError(
                 "The formula is empty.",
                 source=text,
                 span=(0, 1),
                 hint="write at least one term, such as mse(u0).",
             ) from None
-        raise _translate(e, text) from None
+        raise translate(e, text, parens) from None
     except LossDSLError as e:
         raise e.with_source(text) from None
-    except lark.exceptions.LarkError as e:  # pragma: no cover - defensive
+    except LarkError as e:  # pragma: no cover - defensive: a Lark error of another kind
         raise LossSyntaxError(f"Invalid formula: {e}", source=text, span=(0, 1)) from None
-    # Each level of the tree and each term takes at least a character of its own;
-    # each call, unary minus and 'not' its '(', '-' or 'not'.
-    if len(text) > min(MAX_TREE_DEPTH, MAX_TERMS) or (
-        opens + text.count("-") + text.count("not") > MAX_DEPTH
-    ):
-        _check_depth(expr, text)
+    _check_tree(expr, text)
     return ast.Formula(expr, source=text)
-
-
-def _length(text: str) -> tuple[int, int]:
-    """The length ``MAX_LENGTH`` limits, and the offset of the first character
-    counted past the limit (the length of the text if there is none)."""
-    count, past = 0, len(text)
-    for m in _LENGTH_UNITS.finditer(text):
-        if m.group(1) is None:
-            count += 1
-            if count == MAX_LENGTH + 1:
-                past = m.start()
-    return count, past
-
-
-def _strip_comments(text: str) -> str:
-    return re.sub(r"#[^\n]*", "", text)

@@ -1,34 +1,43 @@
 """``LossSpec``: a whole loss specification as one validated pydantic model.
 
-A spec is what a config file, a service request or a ``compile_loss`` call
-carries: the formula text, the units, the parameters and the options.
-Constructing one runs the parser and the validator and reports every problem
-at once, each with its caret, as a ``LossDSLError`` (never a raw pydantic
-``ValidationError``):
+A spec is what a config file, a service request or a ``compile_loss`` call carries: the
+formula text, the units, the parameters and the options. Constructing one runs the parser and
+the checks once and reports every problem at once, each with its caret, as a ``LossDSLError``
+(never a raw pydantic ``ValidationError``). The spec keeps what the checks proved
+(``spec.checked``), which the compiled loss and its metrics are built from, so nothing later
+checks it again.
 
 >>> spec = LossSpec(expression="alpha*bce(u0) + (1 - alpha)*mse(u1)",
 ...                 units=2, params={"alpha": 0.7})
 >>> str(spec.formula)
 'alpha * bce(u0) + (1 - alpha) * mse(u1)'
+>>> [term.weight(spec.params) for term in spec.checked.terms]
+[0.7, 0.30000000000000004]
 """
 
 from __future__ import annotations
 
-import difflib
 import numbers
 from collections.abc import Mapping
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
 
-from lossdsl import ast
+from lossdsl import ast, validation
+from lossdsl.arguments import WHERE_MEANS, WhereMean
+from lossdsl.checker import Checked
 from lossdsl.errors import LossDSLError, LossValidationError
-from lossdsl.parser import parse
-from lossdsl.validate import check
+from lossdsl.suggest import did_you_mean
 
-__all__ = ["WHERE_MEANS", "LossSpec"]
-
-WHERE_MEANS = ("selected", "batch")
+__all__ = ["LossSpec"]
 
 
 class LossSpec(BaseModel):
@@ -37,12 +46,11 @@ class LossSpec(BaseModel):
     Attributes:
         expression: the formula text.
         units: the output width, a mapping of unit names to a column index or
-            ``[start, stop]``, or ``None`` (width taken from ``y_pred`` when the
-            loss is called; names unavailable).
+            ``[start, stop]``, or ``None`` (width taken from ``y_pred`` when the loss is
+            called; names unavailable).
         params: parameter names to finite floats.
-        where_mean: ``"selected"`` (a ``where`` term is the mean over the
-            samples its condition selects) or ``"batch"`` (the sum over them
-            divided by the whole batch).
+        where_mean: ``"selected"`` (a ``where`` term is the mean over the samples its
+            condition selects) or ``"batch"`` (the sum over them divided by the whole batch).
         allow_negative: accept terms with a negative constant weight.
     """
 
@@ -58,7 +66,7 @@ class LossSpec(BaseModel):
     params: dict[str, float] = Field(
         default_factory=dict, description="Parameter names mapped to finite float values."
     )
-    where_mean: Literal["selected", "batch"] = Field(
+    where_mean: WhereMean = Field(
         default="selected",
         description="'selected': a where-term is the mean over selected samples; "
         "'batch': divided by the whole batch.",
@@ -67,7 +75,7 @@ class LossSpec(BaseModel):
         default=False, description="Accept terms with a negative constant weight."
     )
 
-    _formula: ast.Formula = PrivateAttr()
+    _checked: Checked = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -76,7 +84,7 @@ class LossSpec(BaseModel):
             _raise_from(e)
 
     @classmethod
-    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> LossSpec:
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
         try:
             return super().model_validate(obj, *args, **kwargs)
         except ValidationError as e:
@@ -85,88 +93,22 @@ class LossSpec(BaseModel):
     @classmethod
     def model_validate_json(
         cls, json_data: str | bytes | bytearray, *args: Any, **kwargs: Any
-    ) -> LossSpec:
+    ) -> Self:
         try:
             return super().model_validate_json(json_data, *args, **kwargs)
         except ValidationError as e:
             _raise_from(e)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _check_all(cls, data: Any) -> Any:
-        # Everything is checked here, on the raw input, so that one pass reports
-        # every problem (field types included) in lossdsl's own words.
-        if isinstance(data, str):
-            data = {"expression": data}  # a bare formula, as a config file may hold
-        if not isinstance(data, Mapping):
-            raise LossValidationError(
-                f"A loss spec is a formula string or a mapping. Received: {type(data).__name__}."
-            )
-        problems: list[LossDSLError] = []
-        fields = list(cls.model_fields)
-        for key in data:
-            if key not in cls.model_fields:
-                close = difflib.get_close_matches(str(key), fields, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                problems.append(
-                    LossValidationError(
-                        f"Unknown field {key!r} in the loss spec.{hint}",
-                        hint="the fields are " + ", ".join(fields) + ".",
-                    )
-                )
-        where_mean = data.get("where_mean", "selected")
-        if where_mean not in WHERE_MEANS:
-            problems.append(
-                LossValidationError(
-                    f"where_mean must be 'selected' or 'batch'. Received: {where_mean!r}."
-                )
-            )
-        allow_negative = data.get("allow_negative", False)
-        if not isinstance(allow_negative, bool):
-            problems.append(
-                LossValidationError(
-                    f"allow_negative must be true or false. Received: {allow_negative!r}."
-                )
-            )
-            allow_negative = False
-        params = data.get("params") or {}
-        if not isinstance(params, Mapping):
-            problems.append(
-                LossValidationError(
-                    f"params must map names to numbers. Received: {params!r}.",
-                    hint="params={'alpha': 0.7}",
-                )
-            )
-            params = {}
-        expression = data.get("expression")
-        if "expression" not in data:
-            problems.append(LossValidationError("The loss spec has no 'expression'."))
-        elif not isinstance(expression, str):
-            problems.append(
-                LossValidationError(
-                    f"expression must be the formula text. Received: {type(expression).__name__}."
-                )
-            )
-        else:
-            try:
-                check(
-                    expression,
-                    units=data.get("units"),
-                    params=params,
-                    allow_negative=allow_negative,
-                )
-            except LossValidationError as e:
-                problems.extend(e.errors)
-            except LossDSLError as e:
-                problems.append(e)
-        if problems:
-            raise LossValidationError.collect(problems)
-        return {**data, "units": _plain_units(data.get("units")), "params": _plain(params)}
-
-    @model_validator(mode="after")
-    def _keep_formula(self) -> LossSpec:
-        self._formula = parse(self.expression)  # cached: parsed once above
-        return self
+    def _check_all(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> LossSpec:
+        # Everything is checked here, on the raw input, so that one pass reports every
+        # problem (field types included) in lossdsl's own words; pydantic then only
+        # builds the model from fields known to be right.
+        fields, checked = _checked_fields(data)
+        spec: LossSpec = handler(fields)
+        spec._checked = checked
+        return spec
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_"):
@@ -177,28 +119,24 @@ class LossSpec(BaseModel):
             f"LossSpec(**{{**spec.model_dump(), {name!r}: ...}})."
         )
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A new spec with the fields in ``update`` changed, checked like the first (a copy
+        that skipped the checks could hold a formula its new fields do not allow)."""
+        return self.model_validate({**self.config(), **(update or {})})
+
+    @property
+    def checked(self) -> Checked:
+        """What the checks proved about the formula, for the compiler."""
+        return self._checked
+
     @property
     def formula(self) -> ast.Formula:
         """The parsed formula."""
-        return self._formula
+        return self._checked.formula
 
-    @classmethod
-    def of(
-        cls,
-        expression: str,
-        units: int | Mapping[str, Any] | None = None,
-        params: Mapping[str, float] | None = None,
-        where_mean: str = "selected",
-        allow_negative: bool = False,
-    ) -> LossSpec:
-        """A spec from ``FormulaLoss``-style arguments (any mapping, ``None`` params)."""
-        return cls(
-            expression=expression,
-            units=dict(units) if isinstance(units, Mapping) else units,
-            params=dict(params or {}),
-            where_mean=where_mean,
-            allow_negative=allow_negative,
-        )
+    def with_params(self, params: Mapping[str, float]) -> LossSpec:
+        """The same spec with new parameter values, checked like the first ones."""
+        return self.model_copy(update={"params": dict(params)})
 
     def config(self) -> dict[str, Any]:
         """The fields as plain JSON (slices as lists), for Keras ``get_config``."""
@@ -212,6 +150,78 @@ class LossSpec(BaseModel):
             "where_mean": self.where_mean,
             "allow_negative": self.allow_negative,
         }
+
+
+def _checked_fields(data: Any) -> tuple[dict[str, Any], Checked]:
+    """The fields of a spec in plain Python types, and the checked formula; raises a
+    ``LossDSLError`` that lists every problem."""
+    if isinstance(data, LossSpec):
+        return data.config(), data.checked
+    if isinstance(data, str):
+        data = {"expression": data}  # a bare formula, as a config file may hold
+    if not isinstance(data, Mapping):
+        raise LossValidationError(
+            f"A loss spec is a formula string or a mapping. Received: {type(data).__name__}."
+        )
+    problems: list[LossDSLError] = []
+    fields = list(LossSpec.model_fields)
+    for key in data:
+        if key not in LossSpec.model_fields:
+            hint = did_you_mean(str(key), fields)
+            problems.append(
+                LossValidationError(
+                    f"Unknown field {key!r} in the loss spec.{hint}",
+                    hint="the fields are " + ", ".join(fields) + ".",
+                )
+            )
+    where_mean = data.get("where_mean", "selected")
+    if where_mean not in WHERE_MEANS:
+        problems.append(
+            LossValidationError(
+                f"where_mean must be {' or '.join(map(repr, WHERE_MEANS))}. "
+                f"Received: {where_mean!r}."
+            )
+        )
+    allow_negative = data.get("allow_negative", False)
+    if not isinstance(allow_negative, bool):
+        problems.append(
+            LossValidationError(
+                f"allow_negative must be true or false. Received: {allow_negative!r}."
+            )
+        )
+        allow_negative = False
+    params = data.get("params") or {}
+    if not isinstance(params, Mapping):
+        problems.append(
+            LossValidationError(
+                f"params must map names to numbers. Received: {params!r}.",
+                hint="params={'alpha': 0.7}",
+            )
+        )
+        params = {}
+    expression = data.get("expression")
+    checked = None
+    if "expression" not in data:
+        problems.append(LossValidationError("The loss spec has no 'expression'."))
+    elif not isinstance(expression, str):
+        problems.append(
+            LossValidationError(
+                f"expression must be the formula text. Received: {type(expression).__name__}."
+            )
+        )
+    else:
+        try:
+            checked = validation.check(
+                expression, units=data.get("units"), params=params, allow_negative=allow_negative
+            )
+        except LossValidationError as e:
+            problems.extend(e.errors)
+        except LossDSLError as e:
+            problems.append(e)
+    if problems or checked is None:
+        raise LossValidationError.collect(problems)
+    plain = {**data, "units": _plain_units(data.get("units")), "params": _plain(params)}
+    return plain, checked
 
 
 def _plain(params: Mapping[str, Any]) -> dict[str, float]:

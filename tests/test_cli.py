@@ -106,6 +106,21 @@ def test_fmt_and_explain() -> None:
     ]
     assert lines[3].split()[:6] == ["+", "0.7", "bce(u0)", "bce", "u0", "-"]
     assert "pred(u0) >= 0.5" in lines[4] and "mean over selected samples" in lines[4]
+    # After the table, one line per function from its catalogue entry.
+    assert lines[6:] == [
+        "bce: binary crossentropy (keras.losses.binary_crossentropy)",
+        "mse: mean squared error (keras.losses.mean_squared_error)",
+        "pred: one unit of y_pred, one value per sample",
+    ]
+
+
+def test_explain_lists_the_units_each_term_reads() -> None:
+    # The units of losses and of pred() and true(), never a math function's argument.
+    out = lossdsl("explain", "sqrt(square(pred(u0))) + max(mse(u1), 1) - 2", "--units", "2")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("  ") for line in out.stdout.splitlines()[3:6]]
+    units = [[cell.strip() for cell in row if cell.strip()][4] for row in rows]
+    assert units == ["u0", "u1", "-"]
 
 
 def test_schema() -> None:

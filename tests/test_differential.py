@@ -89,7 +89,7 @@ LOSS_ROLES: dict[str, set[str]] = {
     "cosine": ANY,
 }
 MIN_UNITS = {"cce": 2, "cosine": 2}
-MATH_FUNCTIONS = {"abs", "sqrt", "log", "exp", "square", "min", "max", "clip"}
+MATH_FUNCTIONS = set(lossdsl.catalog.MATH)
 LOSS_NAMES = list(LOSS_ROLES)
 UNIT_NAMES = ["presence", "loc", "box", "cls", "score", "logit", "size", "count", "extra", "mass"]
 PARAM_NAMES = ["alpha", "beta", "lam", "w2", "tau"]

@@ -34,7 +34,7 @@ import lossdsl
 if os.environ.get("LOSSDSL_PROBE_LOCAL_COUNTS") == "1":
     # What Keras alone would do: per-replica counts. The test checks that this
     # differs, so that agreement with the correction means something.
-    import lossdsl.compiler as _c
+    import lossdsl.keras.compiler as _c
 
     _c.replicas = lambda: 1
     _c.global_sum = lambda x: x

@@ -6,7 +6,10 @@ for every Keras loss. Parameters live in non-trainable ``keras.Variable``s, so
 ``set_param`` changes the loss on the next batch without retracing.
 
 >>> import numpy as np
->>> loss = FormulaLoss("alpha*mse(u0) + (1 - alpha)*mae(u1)", units=2, params={"alpha": 0.5})
+>>> from lossdsl import LossSpec
+>>> spec = LossSpec(expression="alpha*mse(u0) + (1 - alpha)*mae(u1)", units=2,
+...                 params={"alpha": 0.5})
+>>> loss = FormulaLoss(spec)
 >>> y_true = np.array([[0.0, 1.0], [1.0, 0.0]], "float32")
 >>> y_pred = np.array([[0.5, 1.0], [1.0, 1.0]], "float32")
 >>> round(float(loss(y_true, y_pred)), 4)
@@ -18,7 +21,6 @@ for every Keras loss. Parameters live in non-trainable ``keras.Variable``s, so
 
 from __future__ import annotations
 
-import difflib
 import math
 import warnings
 from collections.abc import Mapping
@@ -28,11 +30,11 @@ from typing import Any
 import keras
 
 from lossdsl import ast
-from lossdsl.compiler import Program
 from lossdsl.errors import LossValidationError
-from lossdsl.metrics import ParamState, TermMetric, term_names
+from lossdsl.keras.compiler import Program
+from lossdsl.keras.metrics import ParamState, TermMetric, term_names
 from lossdsl.spec import LossSpec
-from lossdsl.validate import Checked, check
+from lossdsl.suggest import did_you_mean
 
 __all__ = ["FormulaLoss"]
 
@@ -42,41 +44,34 @@ class FormulaLoss(keras.losses.Loss):
     """A Keras loss defined by a lossdsl formula.
 
     Args:
-        expression: the formula text.
-        units: output width, a mapping of unit names to an index or
-            ``[start, stop]``, or ``None`` to take the width from ``y_pred``.
-        params: parameter names to initial values.
-        where_mean: ``"selected"`` or ``"batch"`` (see the README).
-        allow_negative: accept terms with negative constant weights.
+        spec: the checked ``LossSpec``; ``lossdsl.compile_loss`` makes one from formula text,
+            a mapping or a config file's spec.
         name, reduction, dtype: as for ``keras.losses.Loss``.
 
-    Prefer ``lossdsl.compile_loss``, which also accepts a ``LossSpec`` or a dict.
+    The loss is built from what the checks proved (``spec.checked``): nothing is checked
+    again, here or in ``term_metrics()``.
     """
 
     def __init__(
         self,
-        expression: str,
+        spec: LossSpec,
         *,
-        units: int | Mapping[str, Any] | None = None,
-        params: Mapping[str, float] | None = None,
-        where_mean: str = "selected",
-        allow_negative: bool = False,
         name: str | None = None,
         reduction: str | None = "sum_over_batch_size",
         dtype: Any = None,
     ) -> None:
-        spec = LossSpec.of(expression, units, params, where_mean, allow_negative)
+        if not isinstance(spec, LossSpec):
+            raise TypeError(
+                "FormulaLoss() takes a LossSpec; lossdsl.compile_loss() accepts formula text "
+                f"and mappings too. Received: {type(spec).__name__}."
+            )
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._spec = spec
         self._dtype_arg = dtype if dtype is None or isinstance(dtype, str) else self.dtype
-        self._checked: Checked = check(
-            spec.formula, units=spec.units, params=spec.params, allow_negative=allow_negative
-        )
-        self._program = Program(self._checked, where_mean)
-        self._values: dict[str, float] = dict(spec.params)
+        self._program = Program(spec)
         # Metric variables, so that on JAX they can join the model's state (see
         # term_metrics and ParamSchedule); on TF and torch any variable would do.
-        self._param_state = ParamState(self._values, name=f"{self.name}_params")
+        self._param_state = ParamState(spec.params, name=f"{self.name}_params")
         self._variables = self._param_state.values
 
     # -- the loss ---------------------------------------------------------------
@@ -136,7 +131,7 @@ class FormulaLoss(keras.losses.Loss):
 
     def term_names(self) -> list[str]:
         """The metric names of the top-level terms: ``bce_presence``, ``mse_loc``, ..."""
-        return term_names(self._checked)
+        return term_names(self._spec.checked)
 
     def term_metrics(self, *, weighted: bool = False) -> list[TermMetric]:
         """One Keras metric per top-level term, for ``compile(weighted_metrics=...)``.
@@ -146,21 +141,16 @@ class FormulaLoss(keras.losses.Loss):
         its signed, weighted contribution. A ``where`` term reports the mean over
         the selected samples of the whole dataset. The metrics share this loss's
         parameters, so they follow ``set_param``."""
-        spec = self._spec
         names = self.term_names()
         return [
             TermMetric(
-                spec.expression,
+                self._spec,
                 term=i,
-                units=spec.units,
-                params=self._values,
-                where_mean=spec.where_mean,
-                allow_negative=spec.allow_negative,
                 weighted=weighted,
                 name=names[i],
                 param_state=self._param_state,
             )
-            for i in range(len(self._checked.terms))
+            for i in range(len(names))
         ]
 
     # -- parameters ---------------------------------------------------------------
@@ -168,7 +158,7 @@ class FormulaLoss(keras.losses.Loss):
     @property
     def params(self) -> Mapping[str, float]:
         """Each parameter's current value (read-only; change it with ``set_param``)."""
-        return MappingProxyType(self._values)
+        return MappingProxyType(self._spec.params)
 
     def set_param(self, name: str, value: float) -> None:
         """Set parameter ``name`` for the next batch, without retracing.
@@ -177,8 +167,7 @@ class FormulaLoss(keras.losses.Loss):
         not give a term a negative weight unless ``allow_negative`` was set.
         """
         if name not in self._variables:
-            close = difflib.get_close_matches(name, list(self._variables), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(name, self._variables)
             known = ", ".join(self._variables) or "none"
             raise LossValidationError(
                 f"Unknown parameter '{name}'.{hint} This loss's parameters: {known}."
@@ -192,15 +181,9 @@ class FormulaLoss(keras.losses.Loss):
             raise LossValidationError(
                 f"Parameter '{name}' must be a finite number. Received: {value!r}."
             )
-        new = {**self._values, name: number}
-        check(
-            self._checked.formula,
-            units=self._spec.units,
-            params=new,
-            allow_negative=self._spec.allow_negative,
-        )
+        spec = self._spec.with_params({**self._spec.params, name: number})
         self._variables[name].assign(number)
-        self._values = new
+        self._spec = spec
         if getattr(self, "_params_captured", False):
             warnings.warn(
                 f"On the JAX backend, Keras compiled model.fit's train step with this loss's "
@@ -216,24 +199,26 @@ class FormulaLoss(keras.losses.Loss):
     @property
     def formula(self) -> ast.Formula:
         """The parsed formula."""
-        return self._checked.formula
+        return self._spec.formula
 
     @property
     def spec(self) -> LossSpec:
-        """The specification this loss was built from, with the current parameters."""
-        return self._spec.model_copy(update={"params": dict(self._values)})
+        """The specification of this loss, with the current parameters."""
+        return self._spec
 
     @property
     def where_mean(self) -> str:
-        return self._program.where_mean
+        return self._spec.where_mean
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            **self._spec.config(),
-            "params": dict(self._values),
-            "dtype": self._dtype_arg,
-        }
+        return {**super().get_config(), **self._spec.config(), "dtype": self._dtype_arg}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FormulaLoss:
+        """The loss ``get_config`` describes: the spec's fields beside the Loss arguments."""
+        fields = {k: v for k, v in config.items() if k in LossSpec.model_fields}
+        rest = {k: v for k, v in config.items() if k not in LossSpec.model_fields}
+        return cls(LossSpec.model_validate(fields), **rest)
 
     def __repr__(self) -> str:
         return f"FormulaLoss({str(self.formula)!r}, name={self.name!r})"
@@ -245,5 +230,5 @@ class FormulaLoss(keras.losses.Loss):
 # changes nothing, since the compiled loss has no Python control flow on tensors.
 # Autograph calls a function carrying this attribute as it is (the attribute
 # ``tf.autograph.experimental.do_not_convert`` sets); other backends ignore it.
-for _method in (FormulaLoss.call, FormulaLoss.per_sample, FormulaLoss.terms):
-    _method.autograph_info__ = None  # type: ignore[attr-defined]
+for _method in ("call", "per_sample", "terms"):
+    vars(getattr(FormulaLoss, _method))["autograph_info__"] = None

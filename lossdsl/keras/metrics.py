@@ -21,9 +21,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from lossdsl.compiler import Program
+from lossdsl.checker import Checked
+from lossdsl.keras.compiler import Program
 from lossdsl.spec import LossSpec
-from lossdsl.validate import Checked, check, split_term
 
 __all__ = ["ParamState", "TermMetric", "term_names"]
 
@@ -72,7 +72,7 @@ def term_names(checked: Checked) -> list[str]:
     text without numbers, parameters and condition: ``bce_presence``, ``mse_loc``."""
     names: list[str] = []
     for t in checked.terms:
-        base = _identifier(str(split_term(t.expr)[1]))
+        base = _identifier(str(t.body))
         name, k = base, 2
         while name in names:
             name, k = f"{base}_{k}", k + 1
@@ -85,48 +85,41 @@ class TermMetric(keras.metrics.Metric):
     """The running value of one top-level term of a formula.
 
     Args:
-        expression, units, params, where_mean, allow_negative: the loss's spec.
+        spec: the loss's checked ``LossSpec``.
         term: index of the top-level term.
-        weighted: report the term's signed, weighted contribution (with its
-            numbers and parameters) instead of the raw term.
+        weighted: report the term's signed, weighted contribution (with its numbers and
+            parameters) instead of the raw term.
         name, dtype: as for ``keras.metrics.Metric``.
+        param_state: the loss's parameters, shared so that the metric follows ``set_param``.
 
-    The value is ``sum(num * w) / sum(den * w)`` over every batch seen, where
-    ``w`` is the sample weight and, per sample, ``num, den = T, 1`` for a plain
-    term and ``T * m, m`` for ``T where C`` (``T * m, 1`` with
-    ``where_mean="batch"``).
+    The value is ``sum(num * w) / sum(den * w)`` over every batch seen, where ``w`` is the
+    sample weight and, per sample, ``num, den = T, 1`` for a plain term and ``T * m, m`` for
+    ``T where C`` (``T * m, 1`` with ``where_mean="batch"``).
     """
 
     def __init__(
         self,
-        expression: str,
+        spec: LossSpec,
         *,
         term: int,
-        units: int | Mapping[str, Any] | None = None,
-        params: Mapping[str, float] | None = None,
-        where_mean: str = "selected",
-        allow_negative: bool = False,
         weighted: bool = False,
         name: str | None = None,
         dtype: Any = None,
         param_state: ParamState | None = None,
     ) -> None:
-        spec = LossSpec.of(expression, units, params, where_mean, allow_negative)
-        checked = check(
-            spec.formula, units=spec.units, params=spec.params, allow_negative=allow_negative
-        )
-        if not 0 <= term < len(checked.terms):
-            raise ValueError(f"term must be in [0, {len(checked.terms)}). Received: {term}.")
+        count = len(spec.checked.terms)
+        if not isinstance(term, int) or not 0 <= term < count:
+            raise ValueError(f"term must be in [0, {count}). Received: {term!r}.")
         if name is None:
-            name = term_names(checked)[term]
+            name = term_names(spec.checked)[term]
         super().__init__(name=name, dtype=dtype or "float32")
         self._spec = spec
         self._term = term
         self._weighted = weighted
-        self._program = Program(checked, where_mean)
+        self._program = Program(spec)
         self._parts = self._program.term(term, weighted=weighted)
-        # Shared with the loss when made by FormulaLoss.term_metrics(), so that
-        # the weights follow set_param (and, on JAX, live in the model's state).
+        # Shared with the loss when made by FormulaLoss.term_metrics(), so that the weights
+        # follow set_param (and, on JAX, live in the model's state).
         self.param_state = param_state if param_state is not None else ParamState(spec.params)
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
@@ -164,3 +157,10 @@ class TermMetric(keras.metrics.Metric):
             "name": self.name,
             "dtype": self.dtype,
         }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TermMetric:
+        """The metric ``get_config`` describes: the spec's fields beside the metric's own."""
+        fields = {k: v for k, v in config.items() if k in LossSpec.model_fields}
+        rest = {k: v for k, v in config.items() if k not in LossSpec.model_fields}
+        return cls(LossSpec.model_validate(fields), **rest)

@@ -12,7 +12,7 @@ from typing import Any
 import keras
 
 from lossdsl.errors import LossValidationError
-from lossdsl.loss import FormulaLoss
+from lossdsl.keras.loss import FormulaLoss
 
 __all__ = ["ParamSchedule"]
 

@@ -1,0 +1,200 @@
+"""The ``units`` and ``params`` a formula is checked against.
+
+``units`` is ``None`` (the width is taken from ``y_pred`` when the loss is called), the output
+width, or a mapping of unit names to a column index or ``[start, stop]``. ``params`` maps
+parameter names to finite numbers. Each problem is reported at the first use of the name in
+the formula, since the arguments have no text of their own.
+
+>>> table, problems = unit_table({"presence": 0, "box": [1, 5]})
+>>> table.names["box"], problems
+((1, 5), [])
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+
+from lossdsl import ast
+from lossdsl.catalog import check_identifier, function_names
+from lossdsl.constants import F32_MAX, is_real
+from lossdsl.errors import LossDSLError, LossValidationError, Span
+from lossdsl.suggest import did_you_mean
+
+__all__ = [
+    "WHERE_MEANS",
+    "Locate",
+    "Problem",
+    "UnitTable",
+    "UnitsArg",
+    "WhereMean",
+    "param_problems",
+    "unit_table",
+]
+
+UnitsArg = int | Mapping[str, Any] | None
+WhereMean = Literal["selected", "batch"]
+"""How a ``where`` term is averaged: over the samples it selects, or over the whole batch."""
+WHERE_MEANS: tuple[str, ...] = get_args(WhereMean)
+Locate = Callable[[str], Span | None]
+"""The span of a name's first use in the formula, or ``None``."""
+Problem = tuple[str, str | None]
+"""What is wrong, and a hint on how to fix it."""
+
+
+@dataclass(frozen=True)
+class UnitTable:
+    """The caller's view of the last axis: its width (if known) and unit names."""
+
+    width: int | None = None
+    names: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    invalid: frozenset[str] = frozenset()
+    """Names given with a binding that was already reported as wrong."""
+
+    def resolve(self, node: ast.Node) -> tuple[int, int] | None:
+        """Columns ``(start, stop)`` a selector names, or ``None`` if it names none."""
+        if isinstance(node, ast.Unit):
+            return node.index, node.index + 1
+        if isinstance(node, ast.UnitSlice):
+            return node.start, node.stop
+        if isinstance(node, ast.Name):
+            return self.names.get(node.id)
+        return None
+
+    def select(
+        self, node: ast.Expr, fn: str, params: Collection[str]
+    ) -> tuple[tuple[int, int] | None, Problem | None]:
+        """The columns that ``node``, the first argument of ``fn()``, selects, and what is
+        wrong with it (message and hint). ``params`` are the parameters' names."""
+        if isinstance(node, ast.UnitSlice) and node.start >= node.stop:
+            lo, hi = sorted((node.start, node.stop))
+            return None, (
+                f"The slice {node} selects no units: start must be below stop.",
+                f"u[{lo}:{max(hi, lo + 1)}] selects columns {lo} up to, not including, "
+                f"{max(hi, lo + 1)}.",
+            )
+        if isinstance(node, ast.Name) and node.id not in self.names:
+            if node.id in self.invalid:
+                return None, None  # its binding is already reported
+            known = list(self.names)
+            if node.id in params:
+                message = f"'{node.id}' is a parameter, not a unit."
+            else:
+                message = f"Unknown unit '{node.id}'.{did_you_mean(node.id, known)}"
+            return None, (
+                message,
+                "units are u0, u1, ..., slices u[1:4], or names passed as "
+                f"units={{'{node.id}': 0}}"
+                + (f"; the names defined are {', '.join(known)}." if known else "."),
+            )
+        cols = self.resolve(node)
+        if cols is None:
+            return None, (
+                f"The first argument of {fn}() must select units. Received: {node}.",
+                f"write {fn}(u0), {fn}(u[0:3]) or {fn}(name) with units={{'name': 0}}.",
+            )
+        width = self.width
+        if width is not None and cols[1] > width:
+            last = f"u0..u{width - 1}" if width > 1 else "only u0"
+            return cols, (
+                f"{node} is out of range: the output has {width} unit"
+                f"{'s' if width != 1 else ''} ({last}).",
+                f"units={width} was given; select columns below {width}.",
+            )
+        return cols, None
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _no_use(name: str) -> Span | None:
+    return None
+
+
+def unit_table(units: UnitsArg, locate: Locate = _no_use) -> tuple[UnitTable, list[LossDSLError]]:
+    """The table ``units`` describes, and what is wrong with it."""
+    problems: list[LossDSLError] = []
+    if units is None:
+        return UnitTable(), problems
+    if _is_int(units):
+        assert isinstance(units, numbers.Integral)
+        if units < 1:
+            problems.append(
+                LossValidationError(f"units must be at least 1. Received: units={units}.")
+            )
+            return UnitTable(), problems
+        return UnitTable(width=int(units)), problems
+    if not isinstance(units, Mapping):
+        problems.append(
+            LossValidationError(
+                "units must be the output width (an int) or a mapping of names to an index "
+                f"or [start, stop]. Received: {units!r}."
+            )
+        )
+        return UnitTable(), problems
+    names: dict[str, tuple[int, int]] = {}
+    invalid: set[str] = set()
+    for key, value in units.items():
+        problem = check_identifier(key, "unit")
+        if problem is None and key in function_names():
+            problem = f"{key!r} is a function name and cannot name a unit."
+        if problem:
+            invalid.add(str(key))
+            problems.append(LossValidationError(problem, span=locate(str(key))))
+        elif _is_int(value) and value >= 0:
+            names[key] = (int(value), int(value) + 1)
+        elif (
+            isinstance(value, list | tuple)
+            and len(value) == 2
+            and all(_is_int(v) for v in value)
+            and 0 <= value[0] < value[1]
+        ):
+            names[key] = (int(value[0]), int(value[1]))
+        else:
+            invalid.add(key)
+            problems.append(
+                LossValidationError(
+                    f"Unit {key!r} must be a column index >= 0 or [start, stop] with "
+                    f"0 <= start < stop. Received: {value!r}.",
+                    span=locate(key),
+                    hint=f"units={{'{key}': 0}} names column 0; "
+                    f"units={{'{key}': [2, 6]}} names columns 2 to 5.",
+                )
+            )
+    return UnitTable(names=MappingProxyType(names), invalid=frozenset(invalid)), problems
+
+
+def param_problems(
+    params: Mapping[str, Any], units: UnitTable, locate: Locate = _no_use
+) -> list[LossDSLError]:
+    """What is wrong with the ``params`` argument: names, and values that are not finite
+    numbers within float32's range."""
+    out: list[LossDSLError] = []
+    for key, value in params.items():
+        problem = check_identifier(key, "parameter")
+        if problem is None and key in units.names:
+            problem = f"{key!r} names both a unit and a parameter."
+        if problem:
+            out.append(LossValidationError(problem, span=locate(str(key))))
+        elif not is_real(value) or not math.isfinite(value):
+            out.append(
+                LossValidationError(
+                    f"Parameter {key!r} must be a finite number. Received: {value!r}.",
+                    span=locate(key),
+                    hint="parameters are weights; give each a finite float.",
+                )
+            )
+        elif abs(value) > F32_MAX:
+            out.append(
+                LossValidationError(
+                    f"Parameter {key!r} is {value:g}, beyond the float32 range (about 3.4e38) "
+                    "its variable holds, where it would be inf.",
+                    span=locate(key),
+                )
+            )
+    return out

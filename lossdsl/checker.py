@@ -1,0 +1,491 @@
+"""Formula plus context (units, parameters) to a checked formula: ``check(...) -> Checked``.
+
+``check`` answers one question before any tensor exists: can this formula mean something for
+an output with these units and these parameters? It walks the AST once, collects *every*
+problem (each with the span of the offending text) and raises them together as one
+``LossValidationError``.
+
+What it checks: known function names (with "did you mean"); loss calls have one unit selector
+and known, well-typed, in-range keywords; units exist and slices are non-empty; parameters
+exist and are finite; ``where`` qualifies a whole additive term (not a function argument, a
+condition, another ``where`` or a product with a per-sample value); constants are defined and
+fit float32; unless ``allow_negative``, no term enters the loss with a negative weight (a
+negative term makes the loss unbounded below); the formula depends on the data.
+
+``check`` is not cached; ``lossdsl.validation.check`` is its cached form at the API boundary.
+
+>>> from lossdsl import parse
+>>> checked = check(parse("0.7*bce(presence) + 0.3*mse(loc) where true(presence) == 1"),
+...                 units={"presence": 0, "loc": 1})
+>>> [term.weight(checked.params) for term in checked.terms]
+[0.7, 0.3]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any
+
+from lossdsl import ast
+from lossdsl.arguments import UnitsArg, UnitTable, param_problems, unit_table
+from lossdsl.catalog import (
+    LOSSES,
+    MATH,
+    Accessor,
+    KeywordSpec,
+    LossEntry,
+    MathFunction,
+    lookup,
+)
+from lossdsl.constants import Undefined, evaluate, is_real, outside_float32
+from lossdsl.errors import LossDSLError, LossValidationError, Span
+from lossdsl.suggest import did_you_mean, did_you_mean_function
+from lossdsl.terms import Term, split_terms
+
+__all__ = ["Checked", "check"]
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A formula proven meaningful for its units and parameters: what the compiler needs."""
+
+    formula: ast.Formula
+    units: UnitTable
+    params: Mapping[str, float]
+    allow_negative: bool
+    terms: tuple[Term, ...]
+    max_stop: int
+    """One past the highest column the formula reads."""
+    max_stop_span: Span | None
+    """Where the selector reading that column is written."""
+
+
+def check(
+    formula: ast.Formula,
+    *,
+    units: UnitsArg,
+    params: Mapping[str, Any] | None = None,
+    allow_negative: bool = False,
+) -> Checked:
+    """Check ``formula`` against ``units`` and ``params`` (see ``lossdsl.validate``)."""
+    if not isinstance(formula, ast.Formula):
+        raise TypeError(
+            f"validate() expects formula text or a Formula. Received: {type(formula).__name__}."
+        )
+    if params is not None and not isinstance(params, Mapping):
+        raise LossValidationError(
+            f"params must map names to numbers. Received: {params!r}.",
+            hint="params={'alpha': 0.7}",
+        ).with_source(formula.text())
+    values = {k: float(v) if is_real(v) else v for k, v in (params or {}).items()}
+    first_use = _first_uses(formula.expr)
+    table, problems = unit_table(units, locate=first_use.get)
+    problems += param_problems(values, table, locate=first_use.get)
+    checker = _Checker(formula.expr, table, values)
+    checker.value(formula.expr, _TOP)
+    if not checker.reads_data(formula.expr):
+        checker.error(
+            formula.expr,
+            "The formula does not depend on the model's output or labels.",
+            hint="a constant loss has zero gradient; use a loss such as mse(u0).",
+        )
+    terms = split_terms(formula.expr)
+    if not checker.problems:
+        for term in terms:  # in the order of the text
+            checker.weight(term, allow_negative)
+    problems += checker.problems
+    if problems:
+        raise LossValidationError.collect(problems).with_source(formula.text())
+    return Checked(
+        formula=formula,
+        units=table,
+        params=MappingProxyType(values),
+        allow_negative=allow_negative,
+        terms=terms,
+        max_stop=checker.max_stop,
+        max_stop_span=checker.max_stop_span,
+    )
+
+
+def _first_uses(expr: ast.Expr) -> dict[str, Span | None]:
+    """The span of each bare name's first use (for problems in the ``units`` or ``params``
+    arguments, which have no text of their own)."""
+    out: dict[str, Span | None] = {}
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Name):
+            out.setdefault(node.id, node.span)
+    return out
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a value stands, as far as the checks care."""
+
+    linear: bool = True
+    """Its weight in the term is a constant, so a ``where`` may stand here."""
+    in_arg: bool = False
+    in_cond: bool = False
+    in_where: bool = False
+    in_constant: bool = False
+    """Inside a constant that was already evaluated as a whole."""
+    factor: bool = False
+    """A constant factor of a product: multiplied out in float64, checked as a weight."""
+
+    def where_problem(self) -> tuple[str, str | None] | None:
+        """Why a ``where`` term cannot stand here (message and hint), or ``None``."""
+        if self.in_cond:
+            return "'where' cannot appear inside a condition.", None
+        if self.in_where:
+            return (
+                "A 'where' term cannot be nested inside another 'where' term.",
+                "combine the conditions with 'and': T where A and B.",
+            )
+        if self.in_arg:
+            return (
+                "'where' cannot appear inside a function argument.",
+                "'where' qualifies a whole additive term; put it after the call: "
+                "abs(pred(u1) - true(u1)) where true(u0) == 1.",
+            )
+        if not self.linear:
+            return (
+                "A 'where' term cannot be multiplied by, or divide, a per-sample value.",
+                "its value is a mean over the selected samples; scale it only by numbers and "
+                "parameters, or move the factor inside: (x * T) where C.",
+            )
+        return None
+
+
+_TOP = _Place()
+_ARGUMENT = _Place(linear=False, in_arg=True)
+_CONDITION = _Place(linear=False, in_cond=True)
+
+
+class _Checker:
+    """One walk over the AST, collecting problems instead of stopping at the first."""
+
+    def __init__(self, root: ast.Expr, units: UnitTable, params: Mapping[str, Any]) -> None:
+        self.units = units
+        self.params = params
+        self.problems: list[LossDSLError] = []
+        self._messages: set[str] = set()
+        self._data = _data_nodes(root)
+        self.max_stop = 0
+        self.max_stop_span: Span | None = None
+
+    def error(self, node: ast.Node | Span | None, message: str, hint: str | None = None) -> None:
+        if message in self._messages:
+            return  # the same mistake again (a name used twice): report its first use
+        self._messages.add(message)
+        span = node.span if isinstance(node, ast.Node) else node
+        self.problems.append(LossValidationError(message, span=span, hint=hint))
+
+    def reads_data(self, node: ast.Node) -> bool:
+        """Whether ``node`` depends on ``y_true`` or ``y_pred`` (is not a constant)."""
+        return id(node) in self._data
+
+    # -- values ------------------------------------------------------------------------------
+
+    def value(self, node: ast.Expr, place: _Place) -> None:
+        """Check a value standing at ``place``."""
+        if not place.in_constant and not self.reads_data(node):
+            if not isinstance(node, ast.Number | ast.Name):
+                self.constant(node, factor=place.factor)
+            place = replace(place, in_constant=True)
+        place = replace(place, factor=False)
+        match node:
+            case ast.Number():
+                self.number(node)
+            case ast.Name():
+                self.value_name(node)
+            case ast.Call():
+                self.call(node, place)
+            case ast.Sum():
+                for _, e in node.terms:
+                    self.value(e, place)
+            case ast.Product():
+                self.product(node, place)
+            case ast.Neg():
+                self.value(node.operand, place)
+            case ast.Where():
+                self.where(node, place)
+            case ast.Unit() | ast.UnitSlice():
+                self.error(
+                    node,
+                    f"The unit {node} is not a value by itself.",
+                    hint=f"use pred({node}) or true({node}) for one unit's values, or pass it "
+                    f"to a loss: mse({node}).",
+                )
+
+    def number(self, node: ast.Number) -> None:
+        if outside_float32(node.value):
+            self.error(
+                node,
+                f"The number {ast.format_number(node.value)} is outside the float32 range "
+                "(about 1.2e-38 to 3.4e38), so the compiled loss would see inf or 0.",
+            )
+
+    def product(self, node: ast.Product, place: _Place) -> None:
+        per_sample = sum(self.reads_data(e) for _, e in node.factors)
+        for op, e in node.factors:
+            data = self.reads_data(e)
+            # This factor's weight is constant when no other factor reads the data.
+            linear = place.linear and op == "*" and per_sample == int(data)
+            self.value(e, replace(place, linear=linear, factor=True))
+            if op == "/" and not data:
+                self.constant_divisor(e)
+
+    def where(self, node: ast.Where, place: _Place) -> None:
+        problem = place.where_problem()
+        if problem:
+            self.error(node, *problem)
+        term_place = _Place(in_where=True, in_arg=place.in_arg, in_cond=place.in_cond)
+        self.value(node.term, replace(term_place, in_constant=place.in_constant))
+        self.cond(node.cond)
+
+    def constant_divisor(self, node: ast.Expr) -> None:
+        try:
+            if evaluate(node, self.params) == 0:
+                self.error(node, "Division by zero: this constant divisor is 0.")
+        except Undefined:
+            pass  # reported by constant()
+
+    def constant(self, node: ast.Expr, *, factor: bool) -> None:
+        """Report a constant whose value is undefined (log(-1), 1/0), or, unless it is a factor
+        of a product (those are multiplied together in float64 and checked as a term's
+        weight), one float32 cannot hold."""
+        try:
+            value = evaluate(node, self.params)
+        except Undefined as u:
+            if u.message:
+                self.error(u.node, u.message)
+            return
+        if not factor and outside_float32(value):
+            self.error(
+                node,
+                f"The constant {node} is {value:g}, outside the float32 range (about 1.2e-38 "
+                "to 3.4e38), so the compiled loss would see inf or 0.",
+            )
+
+    def value_name(self, node: ast.Name) -> None:
+        if node.id in self.params:
+            return
+        if node.id in self.units.names:
+            self.error(
+                node,
+                f"'{node.id}' is a unit, not a value.",
+                hint=f"use pred({node.id}) or true({node.id}), or pass it to a loss: "
+                f"mse({node.id}).",
+            )
+        elif node.id in ("true", "false"):
+            self.error(
+                node,
+                f"'{node.id}' is a boolean; booleans are only keyword values.",
+                hint="write them as keyword arguments, such as bce(u0, from_logits=true); "
+                "true(u0) reads unit u0 of y_true.",
+            )
+        else:
+            suggestion = did_you_mean(node.id, [*self.params, *self.units.names])
+            self.error(
+                node,
+                f"Unknown parameter '{node.id}'.{suggestion}",
+                hint=None if suggestion else f"pass its value: params={{'{node.id}': 0.5}}.",
+            )
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def call(self, node: ast.Call, place: _Place) -> None:
+        args = _Place(
+            linear=False,
+            in_arg=True,
+            in_cond=place.in_cond,
+            in_where=place.in_where,
+            in_constant=place.in_constant,
+        )
+        match lookup(node.name):
+            case LossEntry() as entry:
+                self.loss_call(node, entry)
+            case Accessor():
+                self.accessor_call(node)
+            case MathFunction() as function:
+                self.math_call(node, function, args)
+            case None:
+                self.error(
+                    node.name_span,
+                    f"Unknown function '{node.name}'.{did_you_mean_function(node.name)}",
+                    hint="losses: " + ", ".join(LOSSES) + "; math: " + ", ".join(MATH) + "; "
+                    "and pred(), true().",
+                )
+                for a in node.args:
+                    if not isinstance(a, ast.Unit | ast.UnitSlice | ast.Name):
+                        self.value(a, args)  # a selector or a parameter: fine for either
+
+    def loss_call(self, node: ast.Call, entry: LossEntry) -> None:
+        name = node.name
+        if not node.args:
+            self.error(
+                node,
+                f"{name}() needs the units it applies to.",
+                hint=f"write {name}(u0), {name}(u[0:3]) or {name}(name).",
+            )
+        elif len(node.args) > 1:
+            self.error(
+                node.args[1],
+                f"{name}() takes one unit selector, then keyword arguments. "
+                f"Received {len(node.args)} positional arguments.",
+                hint="select several columns with a slice, u[1:4], or a name bound to a "
+                "range, units={'box': [1, 4]}.",
+            )
+        if node.args:
+            cols = self.selector(node.args[0], name)
+            if cols is not None and cols[1] - cols[0] < entry.min_units:
+                self.error(
+                    node.args[0],
+                    f"{name}() needs at least {entry.min_units} units; "
+                    f"{node.args[0]} selects {cols[1] - cols[0]}.",
+                    hint=f"select a slice: {name}(u[0:{entry.min_units}]).",
+                )
+        seen: set[str] = set()
+        for kw in node.kwargs:
+            if kw.name in seen:
+                self.error(kw, f"Keyword '{kw.name}' is given twice.")
+                continue
+            seen.add(kw.name)
+            spec = entry.keywords.get(kw.name)
+            if spec is None:
+                known = list(entry.keywords)
+                self.error(
+                    kw,
+                    f"{name}() has no keyword '{kw.name}'.{did_you_mean(kw.name, known)}",
+                    hint=f"{name}() accepts: {', '.join(known) if known else 'none'}.",
+                )
+            else:
+                self.keyword_value(name, kw, spec)
+
+    def keyword_value(self, fn: str, kw: ast.Keyword, spec: KeywordSpec) -> None:
+        given = ast.literal(kw.value)
+        if given is None:
+            capital = isinstance(kw.value, ast.Name) and kw.value.id in ("True", "False")
+            self.error(
+                kw.value,
+                f"Keyword values must be literal numbers or true/false. Received: "
+                f"{kw.name}={kw.value}.",
+                hint=f"booleans are lower-case: {kw.name}={str(kw.value).lower()}."
+                if capital
+                else None,
+            )
+        elif not spec.accepts(given) or (not isinstance(given, bool) and outside_float32(given)):
+            self.error(
+                kw.value,
+                f"{fn}(..., {kw.name}=...) expects {spec.describe_range()}. Received: {kw.value}.",
+            )
+
+    def selector(self, node: ast.Expr, fn: str) -> tuple[int, int] | None:
+        """Check a unit selector; its columns, or ``None`` if it is not one."""
+        cols, problem = self.units.select(node, fn, self.params)
+        if problem is not None:
+            self.error(node, *problem)
+        elif cols is not None and cols[1] > self.max_stop:
+            self.max_stop, self.max_stop_span = cols[1], node.span
+        return cols
+
+    def accessor_call(self, node: ast.Call) -> None:
+        what = "y_pred" if node.name == "pred" else "y_true"
+        if len(node.args) != 1 or node.kwargs:
+            self.error(
+                node,
+                f"{node.name}() takes exactly one unit and no keywords.",
+                hint=f"{node.name}(u1) is unit u1 of {what}, one value per sample.",
+            )
+        if node.args:
+            cols = self.selector(node.args[0], node.name)
+            if cols is not None and cols[1] - cols[0] != 1:
+                self.error(
+                    node.args[0],
+                    f"{node.name}() reads one unit; {node.args[0]} selects {cols[1] - cols[0]}.",
+                    hint=f"write {node.name}(u{cols[0]}), or use a loss over the slice.",
+                )
+
+    def math_call(self, node: ast.Call, function: MathFunction, args: _Place) -> None:
+        if node.kwargs:
+            self.error(node.kwargs[0], f"{node.name}() takes no keyword arguments.")
+        if len(node.args) != function.arity:
+            plural = "s" if function.arity > 1 else ""
+            self.error(
+                node,
+                f"{node.name}() takes {function.arity} argument{plural}, "
+                f"{function.signature}. Received {len(node.args)}.",
+            )
+        for a in node.args:
+            self.value(a, args)
+        if node.name == "clip" and len(node.args) == 3:
+            lo, hi = node.args[1], node.args[2]
+            if not self.reads_data(lo) and not self.reads_data(hi):
+                try:
+                    if evaluate(lo, self.params) > evaluate(hi, self.params):
+                        self.error(node, "clip(x, lo, hi) needs lo <= hi.")
+                except Undefined:
+                    pass
+
+    # -- conditions --------------------------------------------------------------------------
+
+    def cond(self, node: ast.Cond) -> None:
+        if not self.reads_data(node) and not any(isinstance(n, ast.Name) for n in ast.walk(node)):
+            self.error(
+                node,
+                f"The condition '{node}' compares numbers only, so it is always true or "
+                "always false.",
+                hint="compare per-sample values such as pred(u0) or true(u0), or a parameter "
+                "you can change during training.",
+            )
+            return
+        match node:
+            case ast.Compare():
+                self.value(node.left, _CONDITION)
+                self.value(node.right, _CONDITION)
+            case ast.And() | ast.Or():
+                for c in node.items:
+                    self.cond(c)
+            case ast.Not():
+                self.cond(node.operand)
+
+    # -- weights -----------------------------------------------------------------------------
+
+    def weight(self, term: Term, allow_negative: bool) -> None:
+        """A term's weight must fit float32 at each product (the compiler multiplies each
+        product's constants into the data), and be negative only with ``allow_negative``.
+        A constant term has no weight: an offset changes no gradient."""
+        if not self.reads_data(term.body):
+            return
+        try:
+            partial = term.partial_weights(self.params)
+        except (Undefined, ZeroDivisionError):
+            return  # reported where the constant is checked
+        for weight in partial:
+            if not math.isfinite(weight) or outside_float32(weight):
+                self.error(
+                    term.expr,
+                    f"The weight of '{term.expr}' ({weight:g}) is outside the float32 range.",
+                )
+                return
+        weight = partial[-1] if partial else float(term.sign)
+        if weight < 0 and not allow_negative:
+            self.error(
+                term.expr,
+                f"The term '{term.expr}' enters the loss with a negative weight "
+                f"({ast.format_number(weight)}).",
+                hint="a negative term makes the loss unbounded below, so training can push it "
+                "to -infinity; pass allow_negative=True if this is intended (for instance when "
+                f"'{term.body}' is itself never positive).",
+            )
+
+
+def _data_nodes(root: ast.Node) -> set[int]:
+    """The ids of the nodes under ``root`` that depend on the data, found children first."""
+    out: set[int] = set()
+    for node in reversed(list(ast.walk(root))):
+        if ast.reads_data(node) or any(id(c) in out for c in node.children()):
+            out.add(id(node))
+    return out

@@ -1,0 +1,187 @@
+"""What a compiled formula reads: ``y_true`` and ``y_pred``, checked, cast and sliced.
+
+``check_inputs`` turns tensors that the formula cannot use into clear errors at trace time.
+A ``Context`` holds the tensors of one evaluation: each column is sliced once however many
+terms and conditions read it, and inside a ``where`` term the rows its condition drops are
+replaced before use (the first half of the "double where", see ``lossdsl.keras.compiler``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+from keras import ops
+
+from lossdsl.checker import Checked
+from lossdsl.errors import LossInputError, LossValidationError
+
+__all__ = ["Context", "check_inputs", "float_dtype", "shapes_differ"]
+
+# Masked rows are replaced by these values before a where-term is computed. Any finite value
+# keeps the gradient clean (the outer `where` discards what the term gives there), but the
+# values must not change what the term computes on the selected rows: Keras's hinge losses map
+# 0/1 labels to -1/1 only when every label in the batch is 0 or 1, so a replaced label must be
+# 0 (also in the domain of every built-in loss). 0.5 is a prediction every built-in loss and
+# log/sqrt accept.
+_SAFE_TRUE = 0.0
+_SAFE_PRED = 0.5
+
+
+class Context:
+    """The tensors one evaluation reads: inputs, dtype, parameters, and, inside
+    a ``where`` term, the mask whose false rows are replaced before use.
+
+    It also remembers what this evaluation has computed: each column read
+    (sliced once however many terms and conditions read it, masked or not) and
+    the value of each repeated subexpression (see ``Program._compile``)."""
+
+    __slots__ = (
+        "_all_true", "_columns", "_raw", "dtype", "mask", "memo", "params", "y_pred", "y_true",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        y_true: Any,
+        y_pred: Any,
+        dtype: str,
+        params: Mapping[str, Any],
+        *,
+        mask: Any = None,
+        parent: Context | None = None,
+    ) -> None:
+        self.y_true = y_true
+        self.y_pred = y_pred
+        self.dtype = dtype
+        self.params = params
+        self.mask = mask
+        self.memo: dict[int, Any] = {}
+        self._all_true: Any = None if parent is None else parent._all_true
+        # Unmasked slices are shared with the context a where-term masks.
+        self._raw: dict[tuple[bool, int, int], Any] = {} if parent is None else parent._raw
+        self._columns: dict[tuple[bool, int, int], Any] = {}
+
+    @property
+    def sample_shape(self) -> tuple[Any, ...]:
+        """``y_pred.shape[:-1]``: one value per sample."""
+        return tuple(self.y_pred.shape)[:-1]
+
+    @property
+    def all_true(self) -> Any:
+        """A boolean ``True`` per sample (built on first use)."""
+        if self._all_true is None:
+            self._all_true = ops.ones_like(self._slice(True, 0, -1), dtype="bool")
+        return self._all_true
+
+    def masked(self, m: Any) -> Context:
+        """The same inputs, read with the rows where ``m`` is false replaced by a
+        safe value (only the columns the term reads are touched)."""
+        return Context(self.y_true, self.y_pred, self.dtype, self.params, mask=m, parent=self)
+
+    def _slice(self, pred: bool, start: int, stop: int) -> Any:
+        """``y[..., start]`` for ``stop == -1``, else ``y[..., start:stop]``, unmasked."""
+        key = (pred, start, stop)
+        if key not in self._raw:
+            y = self.y_pred if pred else self.y_true
+            # An integer index, not start:start + 1: TensorFlow's kernel for a
+            # shrinking strided slice is several times faster in graph mode.
+            self._raw[key] = y[..., start] if stop == -1 else y[..., start:stop]
+        return self._raw[key]
+
+    def column(self, pred: bool, index: int) -> Any:
+        """``y_pred[..., index]`` (or ``y_true``), sanitised inside a where-term."""
+        key = (pred, index, -1)
+        if key not in self._columns:
+            x = self._slice(pred, index, -1)
+            if self.mask is not None:
+                x = ops.where(self.mask, x, _SAFE_PRED if pred else _SAFE_TRUE)
+            self._columns[key] = x
+        return self._columns[key]
+
+    def columns(self, pred: bool, start: int, stop: int) -> Any:
+        """``y_pred[..., start:stop]`` (or ``y_true``), sanitised inside a where-term."""
+        key = (pred, start, stop)
+        if key not in self._columns:
+            if stop - start == 1:
+                x = ops.expand_dims(self.column(pred, start), -1)
+            else:
+                x = self._slice(pred, start, stop)
+                if self.mask is not None:
+                    safe = _SAFE_PRED if pred else _SAFE_TRUE
+                    x = ops.where(ops.expand_dims(self.mask, -1), x, safe)
+            self._columns[key] = x
+        return self._columns[key]
+
+
+def shapes_differ(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Different ranks, or a dimension known in both that differs."""
+    return len(a) != len(b) or any(
+        x is not None and y is not None and x != y for x, y in zip(a, b, strict=True)
+    )
+
+
+def float_dtype(x: Any) -> str:
+    dtype = str(keras.backend.standardize_dtype(x.dtype))
+    return dtype if "float" in dtype else keras.config.floatx()
+
+
+def check_inputs(checked: Checked, y_true: Any, y_pred: Any) -> None:
+    """Clear errors, at trace time, for inputs this formula cannot use."""
+    text = checked.formula.text()
+    whole = (0, len(text))
+    try:
+        ts, ps = tuple(y_true.shape), tuple(y_pred.shape)
+    except (TypeError, ValueError):  # TensorFlow: a shape of unknown rank
+        raise LossInputError(
+            "y_true and y_pred must have a known rank when the loss is traced. "
+            f"Received: y_true {y_true.shape} and y_pred {y_pred.shape}.",
+            source=text,
+            span=whole,
+            hint="give tf.function an input_signature with a rank, such as TensorSpec([None, 3]).",
+        ) from None
+    if len(ps) < 2:
+        raise LossInputError(
+            f"y_pred has shape {ps}, with no units axis. lossdsl expects "
+            "(batch, ..., units), the units on the last axis.",
+            source=text,
+            span=whole,
+            hint="a model with one output unit returns (batch, 1); reshape a (batch,) "
+            "output or label with keras.ops.expand_dims(x, -1).",
+        )
+    if shapes_differ(ts, ps):
+        raise LossInputError(
+            f"y_true and y_pred must have the same shape. Received: y_true {ts} and y_pred {ps}.",
+            source=text,
+            span=whole,
+            hint="lossdsl reads labels column by column and does not reshape them, as a "
+            "(batch,) label against a (batch, 1) output would broadcast to (batch, batch); "
+            "give the labels the output's shape, such as keras.ops.expand_dims(y, -1).",
+        )
+    if ps[-1] is None or ts[-1] is None:
+        raise LossInputError(
+            "The units axis (the last) of y_true and y_pred must have a known size "
+            f"when the loss is traced. Received: y_true {ts} and y_pred {ps}.",
+            source=text,
+            span=whole,
+            hint="without it, lossdsl cannot check that each unit exists; give the "
+            "last axis a size, as a model's output has.",
+        )
+    width = ps[-1]
+    declared = checked.units.width
+    if declared is not None and width != declared:
+        raise LossInputError(
+            f"The formula was validated for units={declared}, but y_pred has {width} "
+            f"units (shape {ps}).",
+            source=text,
+            span=whole,
+            hint="pass the model's output width as units, or units=None to take it from y_pred.",
+        )
+    if checked.max_stop > width:
+        raise LossValidationError(
+            f"The formula reads column {checked.max_stop - 1}, but y_pred has only "
+            f"{width} unit{'s' if width != 1 else ''} (shape {ps}).",
+            source=text,
+            span=checked.max_stop_span,
+            hint=f"select units below u{width}, or check the model's output width.",
+        )
