@@ -272,6 +272,14 @@ _MATH = [
     MathFunction("log", ("x",), "natural logarithm", _op("log"), math.log),
     MathFunction("exp", ("x",), "exponential", _op("exp"), math.exp),
     MathFunction("square", ("x",), "x * x", _op("square"), lambda x: x * x),
+    MathFunction(
+        "sigmoid",
+        ("x",),
+        "logistic sigmoid 1 / (1 + exp(-x)), a logit as a probability",
+        _op("sigmoid"),
+        lambda x: math.exp(min(x, 0.0) - math.log1p(math.exp(-abs(x)))),
+    ),
+    MathFunction("tanh", ("x",), "hyperbolic tangent", _op("tanh"), math.tanh),
     MathFunction("min", ("a", "b"), "the smaller of a and b", _op("minimum"), min),
     MathFunction("max", ("a", "b"), "the larger of a and b", _op("maximum"), max),
     MathFunction(

@@ -132,6 +132,11 @@ def v_sigmoid(x: V) -> V:
     return V(v, v * (1 - v) * x.e + TRANSCENDENTAL * v)
 
 
+def v_tanh(x: V) -> V:
+    v = np.tanh(x.v)
+    return V(v, (1 - v * v) * x.e + TRANSCENDENTAL * np.abs(v))
+
+
 def v_power(base: V, gamma: float) -> V:
     """``base ** gamma`` for ``base >= 0`` (0 where ``base`` is 0 and ``gamma > 0``)."""
     if gamma == 0:
@@ -350,6 +355,8 @@ MATH: dict[str, Callable[..., V]] = {
     "log": v_log,
     "exp": v_exp,
     "square": v_square,
+    "sigmoid": v_sigmoid,
+    "tanh": v_tanh,
     "min": v_min,
     "max": v_max,
     "clip": v_clip,

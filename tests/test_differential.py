@@ -393,6 +393,10 @@ CONST_MATH: dict[str, Callable[[float], float]] = {
 }
 
 
+def _sigmoid(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(x / 2))
+
+
 def selector(draw: Any, env: Env, a: int, b: int) -> str:
     """Text selecting columns a..b-1: ``u3``, ``u[3:4]``, ``u[1:4]``, or a unit name."""
     options = [f"u[{a}:{b}]"]
@@ -558,9 +562,15 @@ def data_exprs(draw: Any, env: Env, depth: int = 2) -> G:
         return draw(accessors(env))
     x = draw(data_exprs(env, depth - 1))
     if kind == "unary":
-        fn = draw(st.sampled_from(["neg", "abs", "square", "sqrt", "log", "exp"]))
+        fn = draw(
+            st.sampled_from(["neg", "abs", "square", "sqrt", "log", "exp", "sigmoid", "tanh"])
+        )
         if fn == "neg":
             return g_neg(x)
+        if fn == "sigmoid":
+            return g_call("sigmoid", [x], _sigmoid(x.lo), _sigmoid(x.hi))
+        if fn == "tanh":
+            return g_call("tanh", [x], math.tanh(x.lo), math.tanh(x.hi))
         if fn == "abs":
             return g_call(
                 "abs", [x], 0.0 if x.lo <= 0 <= x.hi else min(abs(x.lo), abs(x.hi)), x.mag

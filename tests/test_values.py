@@ -275,6 +275,11 @@ CONSTRUCTS = [  # formula, reference, compile options
      lambda r: np.minimum(r("mse", "u1"), r("mae", "u2")) + np.maximum(r.p[:, 3], r.t[:, 3]), {}),
     ("clip(pred(u1) - true(u1), -0.5, 0.5) + 1",
      lambda r: np.clip(r.p[:, 1] - r.t[:, 1], -0.5, 0.5) + 1, {}),
+    ("sigmoid(pred(u1) - 1) + tanh(pred(u2) - true(u2)) + sigmoid(-30) * mse(u3)",
+     lambda r: sigmoid(r.p[:, 1] - 1) + np.tanh(r.p[:, 2] - r.t[:, 2])
+     + sigmoid(-30.0) * r("mse", "u3"), {}),
+    ("mse(u1) where sigmoid(pred(u3) - 1) > 0.6",
+     lambda r: r.where(r("mse", "u1"), sigmoid(r.p[:, 3] - 1) > 0.6), {}),
     ("alpha*bce(u0) + (1 - alpha)*mse(u1)",
      lambda r: 0.7 * r("bce", "u0") + 0.3 * r("mse", "u1"), {"params": {"alpha": 0.7}}),
     # the label column makes every comparison meet ties: < and <= differ, as do > and >=
