@@ -131,8 +131,6 @@ class _Place:
     in_where: bool = False
     in_constant: bool = False
     """Inside a constant that was already evaluated as a whole."""
-    factor: bool = False
-    """A constant factor of a product: multiplied out in float64, checked as a weight."""
 
     def where_problem(self) -> tuple[str, str | None] | None:
         """Why a ``where`` term cannot stand here (message and hint), or ``None``."""
@@ -159,7 +157,6 @@ class _Place:
 
 
 _TOP = _Place()
-_ARGUMENT = _Place(linear=False, in_arg=True)
 _CONDITION = _Place(linear=False, in_cond=True)
 
 
@@ -188,18 +185,18 @@ class _Checker:
 
     # -- values ------------------------------------------------------------------------------
 
-    def value(self, node: ast.Expr, place: _Place) -> None:
-        """Check a value standing at ``place``."""
+    def value(self, node: ast.Expr, place: _Place, *, factor: bool = False) -> None:
+        """Check a value standing at ``place``; ``factor``: a factor of a product."""
+        if isinstance(node, ast.Number):
+            self.number(node)
+            return
+        if isinstance(node, ast.Name):
+            self.value_name(node)
+            return
         if not place.in_constant and not self.reads_data(node):
-            if not isinstance(node, ast.Number | ast.Name):
-                self.constant(node, factor=place.factor)
+            self.constant(node, factor=factor)
             place = replace(place, in_constant=True)
-        place = replace(place, factor=False)
         match node:
-            case ast.Number():
-                self.number(node)
-            case ast.Name():
-                self.value_name(node)
             case ast.Call():
                 self.call(node, place)
             case ast.Sum():
@@ -233,7 +230,9 @@ class _Checker:
             data = self.reads_data(e)
             # This factor's weight is constant when no other factor reads the data.
             linear = place.linear and op == "*" and per_sample == int(data)
-            self.value(e, replace(place, linear=linear, factor=True))
+            self.value(
+                e, place if linear == place.linear else replace(place, linear=linear), factor=True
+            )
             if op == "/" and not data:
                 self.constant_divisor(e)
 
@@ -241,8 +240,13 @@ class _Checker:
         problem = place.where_problem()
         if problem:
             self.error(node, *problem)
-        term_place = _Place(in_where=True, in_arg=place.in_arg, in_cond=place.in_cond)
-        self.value(node.term, replace(term_place, in_constant=place.in_constant))
+        term = _Place(
+            in_where=True,
+            in_arg=place.in_arg,
+            in_cond=place.in_cond,
+            in_constant=place.in_constant,
+        )
+        self.value(node.term, term)
         self.cond(node.cond)
 
     def constant_divisor(self, node: ast.Expr) -> None:
@@ -297,13 +301,7 @@ class _Checker:
     # -- calls -------------------------------------------------------------------------------
 
     def call(self, node: ast.Call, place: _Place) -> None:
-        args = _Place(
-            linear=False,
-            in_arg=True,
-            in_cond=place.in_cond,
-            in_where=place.in_where,
-            in_constant=place.in_constant,
-        )
+        args = replace(place, linear=False, in_arg=True)  # where the arguments stand
         match lookup(node.name):
             case LossEntry() as entry:
                 self.loss_call(node, entry)
@@ -483,9 +481,17 @@ class _Checker:
 
 
 def _data_nodes(root: ast.Node) -> set[int]:
-    """The ids of the nodes under ``root`` that depend on the data, found children first."""
+    """The ids of the nodes under ``root`` that depend on the data (the tree's depth is
+    bounded by the parser, so the recursion is too)."""
     out: set[int] = set()
-    for node in reversed(list(ast.walk(root))):
-        if ast.reads_data(node) or any(id(c) in out for c in node.children()):
+
+    def visit(node: ast.Node) -> bool:
+        data = ast.reads_data(node)
+        for child in node.children():
+            data = visit(child) or data
+        if data:
             out.add(id(node))
+        return data
+
+    visit(root)
     return out

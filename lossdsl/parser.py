@@ -37,8 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lark import Lark, Token, Transformer
-from lark.exceptions import LarkError, UnexpectedInput
+from lark import Lark, LarkError, Token, Transformer, UnexpectedInput
 
 from lossdsl import ast
 from lossdsl.errors import LossDSLError, LossSyntaxError, Span
