@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -301,3 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except SystemExit as e:  # --help
         return int(e.code or 0)
+    except BrokenPipeError:
+        # The reader stopped early (lossdsl schema | head): the rest of the output has
+        # nowhere to go. Point stdout at /dev/null so that Python's flush at exit is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -3,8 +3,8 @@
 
 It walks the AST that ``lossdsl.parse`` returns and uses nothing else from lossdsl. Units are
 resolved here from the ``units`` argument. Every built-in loss is written here from its
-mathematical definition, the formulas that Keras documents, and ``where`` follows the README's
-Semantics section:
+mathematical definition, the formulas that Keras documents, and ``where`` follows
+``docs/semantics.md``:
 
 * ``m_i`` is the condition on sample ``i``, evaluated on the raw inputs (IEEE comparisons, so
   a NaN operand makes ``<``, ``==`` ... false and ``!=`` true);

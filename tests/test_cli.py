@@ -128,6 +128,26 @@ def test_schema() -> None:
     assert set(schema["properties"]) >= {"expression", "units", "params"}
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    # As in `lossdsl check --stdin < many.txt | head -1`: the pipe closes while lossdsl
+    # still has far more to write than the pipe holds.
+    formulas = tmp_path / "many.txt"
+    formulas.write_text("mse(u0) + bce(u1)\n" * 20_000)
+    with formulas.open() as stdin:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lossdsl", "check", "--stdin", "--units", "2"],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(1) == b"{"
+        proc.stdout.close()
+        assert proc.wait(timeout=300) == 1
+        assert b"Traceback" not in proc.stderr.read()
+
+
 def test_eval(tmp_path: Path) -> None:
     y_true = np.array([[1.0, 2.0], [0.0, 5.0], [1.0, 1.0]], "float32")
     y_pred = np.array([[0.8, 1.0], [0.3, 0.0], [0.6, 2.0]], "float32")
