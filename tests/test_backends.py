@@ -1,7 +1,7 @@
 """The compiled loss on the JAX and torch backends, against TensorFlow.
 
 ``KERAS_BACKEND`` is read once, when Keras is imported, so each backend runs
-``tests/backend_probe.py`` in its own subprocess; this module imports neither
+``tests/probes/backend_probe.py`` in its own subprocess; this module imports neither
 Keras nor a backend. The probes of all backends start together, on first use,
 and each prints one JSON document. A backend whose package is not installed is
 skipped. ``KERAS_BACKEND=jax`` (or ``torch``) limits the comparison to that
@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-PROBE_PATH = HERE / "backend_probe.py"
+PROBE_PATH = HERE / "probes" / "backend_probe.py"
 ALL_BACKENDS = ("tensorflow", "jax", "torch")
 PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 TIMEOUT_S = 600

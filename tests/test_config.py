@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import LESION, LESION_UNITS
 
 import lossdsl
 from lossdsl import LossSyntaxError, LossValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
-FORMULA = "0.7*bce(presence) + 0.3*mse(loc) where true(presence) == 1"
-UNITS = {"presence": 0, "loc": 1}
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -28,19 +27,19 @@ def test_yaml_toml_and_json_give_the_same_spec(tmp_path: Path) -> None:
     yaml_file = _write(
         tmp_path,
         "c.yaml",
-        f"training:\n  loss:\n    expression: '{FORMULA}'\n    units: {{presence: 0, loc: 1}}\n",
+        f"training:\n  loss:\n    expression: '{LESION}'\n    units: {{presence: 0, loc: 1}}\n",
     )
     toml_file = _write(
         tmp_path,
         "c.toml",
-        f'[training.loss]\nexpression = "{FORMULA}"\nunits = {{ presence = 0, loc = 1 }}\n',
+        f'[training.loss]\nexpression = "{LESION}"\nunits = {{ presence = 0, loc = 1 }}\n',
     )
     json_file = _write(
         tmp_path,
         "c.json",
-        json.dumps({"training": {"loss": {"expression": FORMULA, "units": UNITS}}}),
+        json.dumps({"training": {"loss": {"expression": LESION, "units": LESION_UNITS}}}),
     )
-    expected = lossdsl.LossSpec(expression=FORMULA, units=UNITS)
+    expected = lossdsl.LossSpec(expression=LESION, units=LESION_UNITS)
     for path in (yaml_file, toml_file, json_file):
         spec = lossdsl.load_spec(path, key="training.loss")
         assert spec == expected, path

@@ -16,6 +16,12 @@ import pytest
 
 PROBE = Path(__file__).parent / "probes" / "distribute_probe.py"
 CASES = ["plain", "where", "where+weights", "where+params", "uneven"]
+# The largest weight difference that counts as the same training. Each replica's gradient
+# comes from a smaller batch (other matmul shapes, other kernels) and the replicas' sums are
+# added in another order, so the weights agree to float32 rounding, not bit for bit: a few
+# units in the last place of weights of about 1 (up to 2.4e-7 measured on an AVX2 CPU).
+# Per-replica counts, the error this guards against, move them by more than 1e-3.
+SAME = 1e-5
 
 
 def _probe(backend: str, **env: str) -> dict[str, float]:
@@ -36,14 +42,14 @@ def test_mirrored_strategy_matches_one_device() -> None:
     result = _probe("tensorflow")
     assert result["replicas"] == 2
     for case in CASES:
-        assert result[case] < 1e-6, (case, result)
+        assert result[case] < SAME, (case, result)
 
 
 def test_without_global_counts_mirrored_strategy_would_differ() -> None:
     # The same runs with per-replica counts, which is what Keras does alone:
     # where-terms and the uneven split move the weights; so the check above can fail.
     result = _probe("tensorflow", LOSSDSL_PROBE_LOCAL_COUNTS="1")
-    assert result["plain"] < 1e-6
+    assert result["plain"] < SAME
     for case in ("where", "where+weights", "where+params", "uneven"):
         assert result[case] > 1e-3, (case, result)
 
@@ -57,4 +63,4 @@ def test_jax_data_parallel_matches_one_device() -> None:
     result = _probe("jax")
     assert result["replicas"] == 4
     for case in CASES:
-        assert result[case] < 1e-6, (case, result)
+        assert result[case] < SAME, (case, result)

@@ -1,4 +1,4 @@
-"""Numerical edge cases (issue 5, section 4), each a test.
+"""Numerical edge cases, each a test.
 
 Each case checks the loss value and its gradient with respect to ``y_pred`` (``tf.GradientTape``),
 eagerly and under ``tf.function(jit_compile=True)``, through ``loss.call`` (one value per sample)
@@ -669,7 +669,8 @@ def test_low_precision_saturated_probabilities_and_logits(dtype, mode):
     total, total_g = value_and_grad(loss, t, p)  # eager: XLA compiles of this size are slow
     assert total.shape == ()
     finite(total, total_g)
-    close(total, v_ref.mean(), rtol=1e-6)
+    # Both float32 (the base class casts the inputs), by other ops: to float32's precision.
+    close(total, v_ref.mean(), rtol=1e-5)
     low = lossdsl.compile_loss(probabilities, dtype=dtype)
     total, total_g = value_and_grad(low, t, p)
     finite(total, total_g)

@@ -7,28 +7,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import LESION_UNITS, lesion_data, lesion_model
 from keras import ops
 
 import lossdsl
 from lossdsl import LossInputError, LossValidationError
 
 RNG = np.random.default_rng(7)
-
-
-def _data(n: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    x = RNG.normal(size=(n, 4)).astype("float32")
-    presence = (x[:, 0] > 0).astype("float32")
-    loc = (x[:, 1] * 0.5 + 0.1).astype("float32")
-    return x, np.stack([presence, loc], axis=1)
-
-
-def _model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((4,))
-    h = keras.layers.Dense(8, activation="tanh")(inputs)
-    presence = keras.layers.Dense(1, activation="sigmoid")(h)
-    loc = keras.layers.Dense(1)(h)
-    return keras.Model(inputs, keras.layers.Concatenate()([presence, loc]))
 
 
 def hand_written(y_true: object, y_pred: object) -> object:
@@ -43,37 +28,39 @@ def hand_written(y_true: object, y_pred: object) -> object:
 
 
 FORMULA = "bce(presence) + mse(loc) where true(presence) == 1"
-UNITS = {"presence": 0, "loc": 1}
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_fit_step_matches_the_hand_written_loss(jit_compile: bool) -> None:
-    x, y = _data()
+    x, y = lesion_data(32, RNG)
     weights = []
-    for loss in (lossdsl.compile_loss(FORMULA, units=UNITS), hand_written):
-        model = _model()
+    for loss in (lossdsl.compile_loss(FORMULA, units=LESION_UNITS), hand_written):
+        model = lesion_model()
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss, jit_compile=jit_compile)
         before = model.evaluate(x, y, batch_size=32, verbose=0)
         model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
         weights.append((before, [w.numpy() for w in model.weights]))
     (loss_a, w_a), (loss_b, w_b) = weights
-    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+    # Two graphs that compute the same loss with other ops (and under XLA, other fusions).
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
     for a, b in zip(w_a, w_b, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_eager_tf_function_and_xla_agree() -> None:
-    _, y = _data()
+    _, y = lesion_data(32, RNG)
     y_pred = np.clip(y + RNG.normal(scale=0.2, size=y.shape), 0.01, 0.99).astype("float32")
-    loss = lossdsl.compile_loss(FORMULA, units=UNITS)
+    loss = lossdsl.compile_loss(FORMULA, units=LESION_UNITS)
     eager = float(loss(y, y_pred))
     graph = float(tf.function(loss)(y, y_pred))
     xla = float(tf.function(loss, jit_compile=True)(y, y_pred))
     reference = float(
         ops.mean(hand_written(ops.convert_to_tensor(y), ops.convert_to_tensor(y_pred)))
     )
-    assert eager == pytest.approx(reference, rel=1e-6)
-    assert graph == pytest.approx(reference, rel=1e-6)
+    # The same float32 value by other ops, in other kernels: agreement to float32's
+    # precision over a batch, not to the last bit.
+    assert eager == pytest.approx(reference, rel=1e-5)
+    assert graph == pytest.approx(reference, rel=1e-5)
     assert xla == pytest.approx(reference, rel=1e-5)
 
 
@@ -102,11 +89,11 @@ def test_set_param_takes_effect_without_retracing() -> None:
 
 
 def test_set_param_between_fits_reuses_the_train_function() -> None:
-    x, y = _data()
+    x, y = lesion_data(32, RNG)
     loss = lossdsl.compile_loss(
-        "alpha*bce(presence) + (1 - alpha)*mse(loc)", units=UNITS, params={"alpha": 0.5}
+        "alpha*bce(presence) + (1 - alpha)*mse(loc)", units=LESION_UNITS, params={"alpha": 0.5}
     )
-    model = _model()
+    model = lesion_model()
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
     first = model.fit(x, y, batch_size=32, epochs=1, verbose=0).history["loss"][0]
     train_function = model.train_function
@@ -135,8 +122,8 @@ def test_width_from_y_pred_at_trace_time() -> None:
 
 
 def test_out_of_range_unit_in_fit_is_a_clear_error() -> None:
-    x, y = _data()
-    model = _model()
+    x, y = lesion_data(32, RNG)
+    model = lesion_model()
     model.compile(optimizer="sgd", loss=lossdsl.compile_loss("bce(u0) + mse(u2)"))
     with pytest.raises(LossValidationError, match="reads column 2, but y_pred has only 2 units"):
         model.fit(x, y, epochs=1, verbose=0)
@@ -192,7 +179,7 @@ def test_dtypes_of_inputs_do_not_change_the_loss_dtype() -> None:
 def test_get_config_round_trip_and_in_process_save(tmp_path: object) -> None:
     loss = lossdsl.compile_loss(
         "alpha*bce(presence) + mse(loc) where true(presence) == 1  # lesion",
-        units=UNITS,
+        units=LESION_UNITS,
         params={"alpha": 0.25},
         where_mean="batch",
         name="lesion_loss",
@@ -210,11 +197,11 @@ def test_get_config_round_trip_and_in_process_save(tmp_path: object) -> None:
         "dtype": None,
     }
     clone = lossdsl.FormulaLoss.from_config(config)
-    _, y = _data()
+    _, y = lesion_data(32, RNG)
     y_pred = np.clip(y, 0.1, 0.9)
     assert float(clone(y, y_pred)) == pytest.approx(float(loss(y, y_pred)))
 
-    model = _model()
+    model = lesion_model()
     model.compile(optimizer="sgd", loss=loss)
     path = f"{tmp_path}/m.keras"
     model.save(path)
@@ -344,4 +331,4 @@ def test_autograph_leaves_the_compiled_formula_alone() -> None:
         return loss.call(t, p)
 
     traced = tf.function(user_step)
-    np.testing.assert_allclose(traced(y, y * 0.9), loss.call(y, y * 0.9), rtol=1e-6)
+    np.testing.assert_allclose(traced(y, y * 0.9), loss.call(y, y * 0.9), rtol=1e-5)

@@ -1,20 +1,16 @@
-"""Properties of the front end (issue 5, section 3).
+"""Properties of the front end.
 
 * Formulas generated from ``grammar/lossdsl.lark`` itself parse, and round-trip
   through their canonical text, which is stable.
-* Mutated formulas (characters and tokens deleted, inserted, swapped; random
-  unicode; very long and very deep inputs) make ``parse`` and ``validate`` fail
-  only with a ``LossDSLError`` pointing at a line and column of the text, and
-  every call returns.
+* Whatever the text (valid formulas with characters and tokens deleted, inserted,
+  swapped; token soup; arbitrary unicode; very long and very deep inputs),
+  ``parse``, ``validate`` and ``LossSpec`` either succeed or raise a
+  ``LossDSLError`` pointing at a line and column of the text, never a raw Lark,
+  pydantic or recursion error; what parses round-trips; every call returns.
 * ``parse`` and ``validate`` from 8 threads at once, from a cold start, give
   what sequential calls give.
 * ``fuzz/fuzz_parse.py`` (the atheris harness) keeps working: its target runs
   here on its own random inputs. CI runs these hypothesis versions, never atheris.
-
-tests/test_robustness.py throws token soup and unicode at the same entry points;
-here the inputs come from the grammar and from structured edits of valid
-formulas, and the checks are stricter (the error's line and column, the round
-trip of what parses, a hang guard).
 """
 
 from __future__ import annotations
@@ -82,6 +78,18 @@ def _returns(fn: Callable[..., Any], *args: Any) -> Any:
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def _check(text: str) -> str:
+    """The fuzz target (``parse``, the round trip of what parses, ``validate`` in each of the
+    harness's contexts), then a ``LossSpec`` of the text: each succeeds or raises a
+    ``LossDSLError`` located inside the text. Returns ``"parsed"`` or ``"rejected"``."""
+    outcome: str = fuzz.check(text)
+    try:
+        lossdsl.LossSpec(expression=text, units=3)
+    except LossDSLError as e:
+        fuzz._errors_inside(e, text)
+    return outcome
 
 
 # -- 1. grammar-generated formulas round-trip ---------------------------------------
@@ -321,29 +329,45 @@ def _edit(text: str, kind: str, a: int, b: Any) -> str:
 @example(fuzz.SEEDS[0], [("delete token", 10_000, 0), ("insert token", 10_000, "+")])
 @example(fuzz.SEEDS[5], [("insert text", 40, "\r\n\u2028")])
 def test_mutated_formulas_fail_only_with_located_errors(
-    seed: str, edits: list[tuple[str, int, Any]]
+    formula: str, edits: list[tuple[str, int, Any]]
 ) -> None:
-    text = seed
+    text = formula
     for kind, a, b in edits:
         text = _edit(text, kind, a, b)
-    _returns(fuzz.check, text)
+    _returns(_check, text)
+
+
+# Token soup: the harness's tokens, with a space, `false` and a whole slice, in any order.
+_SOUP = st.lists(st.sampled_from([*fuzz.TOKENS, " ", "false", "u[1:3]"]), max_size=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_SOUP.map("".join))
+def test_token_soup_fails_only_with_located_errors(text: str) -> None:
+    _returns(_check, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_arbitrary_unicode_fails_only_with_located_errors(text: str) -> None:
+    _returns(_check, text)
 
 
 _LONG_AND_DEEP: dict[str, Callable[[int, str], str]] = {
-    "parens": lambda n, seed: "(" * n + seed + ")" * n,
-    "unclosed": lambda n, seed: "(" * n + seed,
-    "unmatched": lambda n, seed: seed + ")" * n,
-    "minus": lambda n, seed: "-" * n + "mse(u0)",
-    "not": lambda n, seed: "mse(u0) where " + "not " * n + "true(u0) == 1",
-    "calls": lambda n, seed: "abs(" * n + "pred(u0)" + ")" * n,
-    "terms": lambda n, seed: " + ".join(["mse(u0)"] * n),
-    "factors": lambda n, seed: "mse(u0)" + "*2" * n,
-    "spaces": lambda n, seed: seed + " " * (n * 40),
-    "comment": lambda n, seed: seed + "  #" + "x" * (n * 40),
-    "repeated": lambda n, seed: (seed + "\n+ ") * (n // 10) + "1",
-    "name": lambda n, seed: "x" * (n * 40),
+    "parens": lambda n, formula: "(" * n + formula + ")" * n,
+    "unclosed": lambda n, formula: "(" * n + formula,
+    "unmatched": lambda n, formula: formula + ")" * n,
+    "minus": lambda n, formula: "-" * n + "mse(u0)",
+    "not": lambda n, formula: "mse(u0) where " + "not " * n + "true(u0) == 1",
+    "calls": lambda n, formula: "abs(" * n + "pred(u0)" + ")" * n,
+    "terms": lambda n, formula: " + ".join(["mse(u0)"] * n),
+    "factors": lambda n, formula: "mse(u0)" + "*2" * n,
+    "spaces": lambda n, formula: formula + " " * (n * 40),
+    "comment": lambda n, formula: formula + "  #" + "x" * (n * 40),
+    "repeated": lambda n, formula: (formula + "\n+ ") * (n // 10) + "1",
+    "name": lambda n, formula: "x" * (n * 40),
 }
-"""Inputs at, around and far past each limit, built from a size ``n``."""
+"""Inputs at, around and far past each limit, built from a size ``n`` and a valid formula."""
 
 
 @settings(max_examples=40, deadline=None)
@@ -359,9 +383,15 @@ _LONG_AND_DEEP: dict[str, Callable[[int, str], str]] = {
 @example("repeated", 1160, fuzz.SEEDS[1])  # 9,977 significant characters: a formula
 @example("repeated", 1170, fuzz.SEEDS[1])  # 10,063: too long
 def test_long_and_deep_inputs_fail_only_with_located_errors(
-    style: str, depth: int, seed: str
+    style: str, depth: int, formula: str
 ) -> None:
-    _returns(fuzz.check, _LONG_AND_DEEP[style](depth, seed))
+    _returns(_check, _LONG_AND_DEEP[style](depth, formula))
+
+
+@pytest.mark.parametrize("n", [99, 100, 101, 2000])
+@pytest.mark.parametrize("style", ["parens", "minus", "calls"])
+def test_nesting_around_the_limits_never_recurses(style: str, n: int) -> None:
+    _returns(_check, _LONG_AND_DEEP[style](n, "mse(u0)"))
 
 
 def test_the_fuzz_harness_self_test_runs() -> None:

@@ -2,12 +2,13 @@
 document to stdout. ``tests/test_backends.py`` runs it once per backend, each in
 its own process, and compares the results with TensorFlow's.
 
-    KERAS_BACKEND=jax .venv/bin/python tests/backend_probe.py > jax.json
-    KERAS_BACKEND=torch .venv/bin/python tests/backend_probe.py values fit
+    KERAS_BACKEND=jax .venv/bin/python tests/probes/backend_probe.py > jax.json
+    KERAS_BACKEND=torch .venv/bin/python tests/probes/backend_probe.py values fit
 
-This is a script, not a test module. Keras is imported only in ``main()``, so
-pytest's doctest collection can import this file without choosing a backend;
-the data and NumPy helpers at the top use NumPy alone, and the tests import them.
+This is a script, not a test module (pytest ignores ``tests/probes/``). Keras is
+imported only in ``main()``, so ``tests/test_backends.py`` can load this file
+without choosing a backend: the data and NumPy helpers at the top use NumPy
+alone, and the tests use them.
 
 The sections of the output (each ``{"error": traceback}`` if it raised):
 
