@@ -1,13 +1,14 @@
 """The ``units`` and ``params`` a formula is checked against.
 
 ``units`` is ``None`` (the width is taken from ``y_pred`` when the loss is called), the output
-width, or a mapping of unit names to a column index or ``[start, stop]``. ``params`` maps
-parameter names to finite numbers. Each problem is reported at the first use of the name in
-the formula, since the arguments have no text of their own.
+width, or a mapping of unit names to a column index, ``[start, stop]``, or a label layout
+``{"pred": S, "true": S}`` whose sides read different columns of ``y_pred`` and ``y_true``.
+``params`` maps parameter names to finite numbers. Each problem is reported at the first use of
+the name in the formula, since the arguments have no text of their own.
 
->>> table, problems = unit_table({"presence": 0, "box": [1, 5]})
->>> table.names["box"], problems
-((1, 5), [])
+>>> table, problems = unit_table({"presence": 0, "cls": {"pred": [1, 5], "true": 1}})
+>>> table.names["cls"], table.names["cls"].sparse, problems
+(Binding(true=(1, 2), pred=(1, 5)), True, [])
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from lossdsl.suggest import did_you_mean
 
 __all__ = [
     "WHERE_MEANS",
+    "Binding",
+    "Columns",
     "Locate",
     "Problem",
     "UnitTable",
@@ -46,30 +49,69 @@ Problem = tuple[str, str | None]
 """What is wrong, and a hint on how to fix it."""
 
 
+Columns = tuple[int, int]
+"""A range ``[start, stop)`` of the last axis."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a unit stands for on each side: its columns of ``y_true`` and of ``y_pred``.
+
+    A side is ``None`` when the unit has none (``{"true": 5}`` is a column of labels or
+    weights the model does not predict). When the true side is one column and the pred side
+    ``k >= 2`` columns, the label is a class index (``sparse``)."""
+
+    true: Columns | None
+    pred: Columns | None
+
+    @property
+    def sparse(self) -> bool:
+        return (
+            self.true is not None
+            and self.pred is not None
+            and self.true[1] - self.true[0] == 1
+            and self.pred[1] - self.pred[0] >= 2
+        )
+
+    @property
+    def width(self) -> int:
+        """How many units a loss over it compares: the pred side's width (the true side's
+        for a unit without one)."""
+        side = self.pred or self.true
+        assert side is not None
+        return side[1] - side[0]
+
+
 @dataclass(frozen=True)
 class UnitTable:
     """The caller's view of the last axis: its width (if known) and unit names."""
 
     width: int | None = None
-    names: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    names: Mapping[str, Binding] = field(default_factory=dict)
     invalid: frozenset[str] = frozenset()
     """Names given with a binding that was already reported as wrong."""
 
-    def resolve(self, node: ast.Node) -> tuple[int, int] | None:
-        """Columns ``(start, stop)`` a selector names, or ``None`` if it names none."""
+    @property
+    def layout(self) -> bool:
+        """Whether some unit reads other columns of ``y_true`` than of ``y_pred`` (then the
+        two need the same leading shape, not the same width)."""
+        return any(b.true != b.pred for b in self.names.values())
+
+    def resolve(self, node: ast.Node) -> Binding | None:
+        """What a selector names, or ``None`` if it names nothing."""
         if isinstance(node, ast.Unit):
-            return node.index, node.index + 1
+            return Binding((node.index, node.index + 1), (node.index, node.index + 1))
         if isinstance(node, ast.UnitSlice):
-            return node.start, node.stop
+            return Binding((node.start, node.stop), (node.start, node.stop))
         if isinstance(node, ast.Name):
             return self.names.get(node.id)
         return None
 
     def select(
         self, node: ast.Expr, fn: str, params: Collection[str]
-    ) -> tuple[tuple[int, int] | None, Problem | None]:
-        """The columns that ``node``, the first argument of ``fn()``, selects, and what is
-        wrong with it (message and hint). ``params`` are the parameters' names."""
+    ) -> tuple[Binding | None, Problem | None]:
+        """What ``node``, the first argument of ``fn()``, selects, and what is wrong with it
+        (message and hint). ``params`` are the parameters' names."""
         if isinstance(node, ast.UnitSlice) and node.start >= node.stop:
             lo, hi = sorted((node.start, node.stop))
             return None, (
@@ -91,25 +133,53 @@ class UnitTable:
                 f"units={{'{node.id}': 0}}"
                 + (f"; the names defined are {', '.join(known)}." if known else "."),
             )
-        cols = self.resolve(node)
-        if cols is None:
+        binding = self.resolve(node)
+        if binding is None:
             return None, (
                 f"The first argument of {fn}() must select units. Received: {node}.",
                 f"write {fn}(u0), {fn}(u[0:3]) or {fn}(name) with units={{'name': 0}}.",
             )
         width = self.width
-        if width is not None and cols[1] > width:
+        stop = max(side[1] for side in (binding.true, binding.pred) if side is not None)
+        if width is not None and stop > width:
             last = f"u0..u{width - 1}" if width > 1 else "only u0"
-            return cols, (
+            return binding, (
                 f"{node} is out of range: the output has {width} unit"
                 f"{'s' if width != 1 else ''} ({last}).",
                 f"units={width} was given; select columns below {width}.",
             )
-        return cols, None
+        return binding, None
 
 
 def _is_int(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _columns(value: object) -> Columns | None:
+    """An index or ``[start, stop]`` as columns, or ``None`` if it is neither."""
+    if _is_int(value) and value >= 0:  # type: ignore[operator]
+        return int(value), int(value) + 1  # type: ignore[call-overload]
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(_is_int(v) for v in value)
+        and 0 <= value[0] < value[1]
+    ):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def _binding(value: object) -> Binding | None:
+    """A units entry as a binding: one range for both sides, or each side of its own."""
+    if isinstance(value, Mapping):
+        if not value or not set(value) <= {"pred", "true"}:
+            return None
+        sides = {side: _columns(v) for side, v in value.items()}
+        if any(cols is None for cols in sides.values()):
+            return None
+        return Binding(sides.get("true"), sides.get("pred"))
+    cols = _columns(value)
+    return None if cols is None else Binding(cols, cols)
 
 
 def _no_use(name: str) -> Span | None:
@@ -137,7 +207,7 @@ def unit_table(units: UnitsArg, locate: Locate = _no_use) -> tuple[UnitTable, li
             )
         )
         return UnitTable(), problems
-    names: dict[str, tuple[int, int]] = {}
+    names: dict[str, Binding] = {}
     invalid: set[str] = set()
     for key, value in units.items():
         problem = check_identifier(key, "unit")
@@ -146,26 +216,24 @@ def unit_table(units: UnitsArg, locate: Locate = _no_use) -> tuple[UnitTable, li
         if problem:
             invalid.add(str(key))
             problems.append(LossValidationError(problem, span=locate(str(key))))
-        elif _is_int(value) and value >= 0:
-            names[key] = (int(value), int(value) + 1)
-        elif (
-            isinstance(value, list | tuple)
-            and len(value) == 2
-            and all(_is_int(v) for v in value)
-            and 0 <= value[0] < value[1]
-        ):
-            names[key] = (int(value[0]), int(value[1]))
-        else:
+            continue
+        binding = _binding(value)
+        if binding is None:
             invalid.add(key)
             problems.append(
                 LossValidationError(
-                    f"Unit {key!r} must be a column index >= 0 or [start, stop] with "
-                    f"0 <= start < stop. Received: {value!r}.",
+                    f"Unit {key!r} must be a column index >= 0, [start, stop] with "
+                    '0 <= start < stop, or {"pred": ..., "true": ...} with one of them or '
+                    f"both. Received: {value!r}.",
                     span=locate(key),
                     hint=f"units={{'{key}': 0}} names column 0; "
-                    f"units={{'{key}': [2, 6]}} names columns 2 to 5.",
+                    f"units={{'{key}': [2, 6]}} names columns 2 to 5; "
+                    f"units={{'{key}': {{'pred': [4, 84], 'true': 4}}}} reads class indices "
+                    "from y_true column 4 against 80 columns of y_pred.",
                 )
             )
+            continue
+        names[key] = binding
     return UnitTable(names=MappingProxyType(names), invalid=frozenset(invalid)), problems
 
 

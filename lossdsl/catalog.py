@@ -28,18 +28,20 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from lossdsl import kernels
 from lossdsl.kernels import ops
 
 __all__ = [
     "ACCESSORS",
+    "AGGREGATES",
     "BUILTIN_LOSSES",
     "LOSSES",
     "MATH",
     "RESERVED",
     "Accessor",
+    "Aggregate",
     "Entry",
     "KeywordSpec",
     "LossEntry",
@@ -53,20 +55,33 @@ __all__ = [
 ]
 
 
+Labels = Literal["class indices", "one-hot"]
+"""What a loss's labels are: class indices (a unit whose true side is one column and pred side
+``k >= 2`` columns) or one value per predicted unit."""
+Level = Literal["position", "example"]
+"""What a loss gives one value for: each position, or each example."""
+
+
 @dataclass(frozen=True)
 class KeywordSpec:
     """One keyword argument of a loss: its type, default and allowed range."""
 
     name: str
     type: type[bool] | type[float]
-    default: bool | float
+    default: bool | float | None
     minimum: float | None = None
     maximum: float | None = None
     exclusive_minimum: bool = False
+    whole: bool = False
+    """The value must be a whole number (a class index)."""
+    labels: Labels | None = None
+    """The kind of labels the keyword applies to, if not every kind."""
 
     def describe_range(self) -> str:
         if self.type is bool:
             return "true or false"
+        if self.whole:
+            return "a whole number"
         lo = "" if self.minimum is None else ("> " if self.exclusive_minimum else ">= ")
         if self.minimum is not None and self.maximum is not None:
             left = "(" if self.exclusive_minimum else "["
@@ -81,6 +96,8 @@ class KeywordSpec:
         """Whether the literal ``value`` has this keyword's type and lies in its range."""
         if self.type is bool or isinstance(value, bool):
             return self.type is bool and isinstance(value, bool)
+        if self.whole and not float(value).is_integer():
+            return False
         if self.minimum is not None and (
             value < self.minimum or (self.exclusive_minimum and value == self.minimum)
         ):
@@ -104,6 +121,23 @@ class LossEntry:
     """For one unit: the same value from the 1-D columns ``y[..., j]`` (see ``kernels``)."""
     builtin: bool = True
     """Built-in losses compute in float32 for float16 and bfloat16 inputs."""
+    sparse: Callable[..., Any] | None = None
+    """For class-index labels: ``sparse(index, y_pred[..., S], **keywords)``. A loss without
+    it compares ``y_pred`` with the one-hot rows of the index instead."""
+    level: Level = "position"
+    """An example-level loss gives one value per example: ``columns(y_true, y_pred, total,
+    **keywords)``, where ``total(x)`` sums ``x`` over each example (or, with ``batch=true``,
+    over the whole batch)."""
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """``sum(e)`` or ``mean(e)``: a per-position value aggregated over each example."""
+
+    name: str
+    summary: str
+    mean: bool
+    keywords: Mapping[str, KeywordSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,7 +170,7 @@ class Accessor:
     reads_pred: bool
 
 
-Entry = LossEntry | MathFunction | Accessor
+Entry = LossEntry | MathFunction | Accessor | Aggregate
 
 
 def _kw(name: str, default: float, **limits: Any) -> KeywordSpec:
@@ -173,6 +207,8 @@ def _builtin(
     min_units: int = 1,
     columns: Callable[..., Any] | None = None,
     column: Callable[..., Any] | None = None,
+    sparse: Callable[..., Any] | None = None,
+    level: Level = "position",
 ) -> LossEntry:
     return LossEntry(
         name,
@@ -182,11 +218,14 @@ def _builtin(
         min_units,
         keras_name,
         column,
+        sparse=sparse,
+        level=level,
     )
 
 
 _FROM_LOGITS = _flag("from_logits")
 _SMOOTHING = _kw("label_smoothing", 0.0, minimum=0.0, maximum=1.0)
+_BATCH = _flag("batch")
 
 _BUILTINS = [
     _builtin(
@@ -200,10 +239,13 @@ _BUILTINS = [
     _builtin(
         "cce",
         "categorical_crossentropy",
-        "categorical crossentropy over a slice of one-hot units",
+        "categorical crossentropy over a slice of one-hot units, or of class indices "
+        "(keras.losses.sparse_categorical_crossentropy)",
         _FROM_LOGITS,
-        _SMOOTHING,
+        KeywordSpec("label_smoothing", float, 0.0, 0.0, 1.0, labels="one-hot"),
+        KeywordSpec("ignore_class", float, None, whole=True, labels="class indices"),
         min_units=2,
+        sparse=kernels.sparse_cce,
     ),
     _builtin(
         "focal",
@@ -253,6 +295,40 @@ _BUILTINS = [
         "negative cosine similarity over a slice (between -1 and 1)",
         min_units=2,
     ),
+    _builtin(
+        "focal_cce",
+        "categorical_focal_crossentropy",
+        "categorical focal crossentropy over a slice of one-hot units",
+        _kw("alpha", 0.25, minimum=0.0, maximum=1.0),
+        _kw("gamma", 2.0, minimum=0.0),
+        _FROM_LOGITS,
+        _SMOOTHING,
+        min_units=2,
+    ),
+    _builtin(
+        "categorical_hinge",
+        "categorical_hinge",
+        "categorical hinge loss over a slice of one-hot units",
+        min_units=2,
+    ),
+    _builtin(
+        "dice",
+        "dice",
+        "Dice loss 1 - 2 sum(t p) / (sum(t) + sum(p)), one value per example",
+        _BATCH,
+        columns=kernels.dice,
+        level="example",
+    ),
+    _builtin(
+        "tversky",
+        "tversky",
+        "Tversky loss, Keras's weighting of alpha and beta, one value per example",
+        _kw("alpha", 0.5, minimum=0.0),
+        _kw("beta", 0.5, minimum=0.0),
+        _BATCH,
+        columns=kernels.tversky,
+        level="example",
+    ),
 ]
 
 BUILTIN_LOSSES: Mapping[str, LossEntry] = MappingProxyType({e.name: e for e in _BUILTINS})
@@ -280,6 +356,13 @@ _MATH = [
         lambda x: math.exp(min(x, 0.0) - math.log1p(math.exp(-abs(x)))),
     ),
     MathFunction("tanh", ("x",), "hyperbolic tangent", _op("tanh"), math.tanh),
+    MathFunction(
+        "divide_no_nan",
+        ("a", "b"),
+        "a / b, and 0 where b == 0 (with a finite gradient)",
+        _op("divide_no_nan"),
+        lambda a, b: a / b if b != 0 else 0.0,
+    ),
     MathFunction("min", ("a", "b"), "the smaller of a and b", _op("minimum"), min),
     MathFunction("max", ("a", "b"), "the larger of a and b", _op("maximum"), max),
     MathFunction(
@@ -293,6 +376,17 @@ _MATH = [
 
 MATH: Mapping[str, MathFunction] = MappingProxyType({f.name: f for f in _MATH})
 """Math functions on per-sample values."""
+
+AGGREGATES: Mapping[str, Aggregate] = MappingProxyType(
+    {
+        "sum": Aggregate("sum", "the sum over each example's positions", False, {"batch": _BATCH}),
+        "mean": Aggregate(
+            "mean", "the mean over each example's positions", True, {"batch": _BATCH}
+        ),
+    }
+)
+"""Aggregates of a per-position value over the positions of each example (with
+``batch=true``, over the whole batch)."""
 
 ACCESSORS: Mapping[str, Accessor] = MappingProxyType(
     {
@@ -312,7 +406,7 @@ _version = 0
 
 def lookup(name: str) -> Entry | None:
     """The entry a call named ``name`` refers to, or ``None``."""
-    return LOSSES.get(name) or MATH.get(name) or ACCESSORS.get(name)
+    return LOSSES.get(name) or MATH.get(name) or ACCESSORS.get(name) or AGGREGATES.get(name)
 
 
 def registry_version() -> int:
@@ -322,7 +416,7 @@ def registry_version() -> int:
 
 def function_names() -> list[str]:
     """Every name a formula can call."""
-    return [*LOSSES, *MATH, *ACCESSORS]
+    return [*LOSSES, *MATH, *AGGREGATES, *ACCESSORS]
 
 
 def check_identifier(name: object, what: str) -> str | None:
@@ -367,7 +461,7 @@ def register_loss(
     problem = check_identifier(name, "loss")
     if problem:
         raise ValueError(problem)
-    if name in BUILTIN_LOSSES or name in MATH or name in ACCESSORS:
+    if name in BUILTIN_LOSSES or name in MATH or name in ACCESSORS or name in AGGREGATES:
         raise ValueError(f"{name!r} is a built-in function of lossdsl and cannot be re-registered.")
     if not callable(fn):
         raise TypeError(f"register_loss() needs a callable. Received: {type(fn).__name__}.")

@@ -5,12 +5,14 @@ an output with these units and these parameters? It walks the AST once, collects
 problem (each with the span of the offending text) and raises them together as one
 ``LossValidationError``.
 
-What it checks: known function names (with "did you mean"); loss calls have one unit selector
-and known, well-typed, in-range keywords; units exist and slices are non-empty; parameters
-exist and are finite; ``where`` qualifies a whole additive term (not a function argument, a
-condition, another ``where`` or a product with a per-sample value); constants are defined and
-fit float32; unless ``allow_negative``, no term enters the loss with a negative weight (a
-negative term makes the loss unbounded below); the formula depends on the data.
+What it checks: known function names (with "did you mean"); calls match their catalogue entry
+(``lossdsl.calls``): one unit selector with both sides for a loss, known, well-typed, in-range
+keywords; units exist and slices are non-empty; parameters exist and are finite; ``where``
+qualifies a whole additive term (not a function argument, a condition, another ``where`` or a
+product with a per-sample value); per-position, per-example and batch-wide values meet only as
+``lossdsl.levels`` allows; constants are defined and fit float32; unless ``allow_negative``, no
+term enters the loss with a negative weight (a negative term makes the loss unbounded below);
+the formula depends on the data.
 
 ``check`` is not cached; ``lossdsl.validation.check`` is its cached form at the API boundary.
 
@@ -31,18 +33,11 @@ from typing import Any
 
 from lossdsl import ast
 from lossdsl.arguments import UnitsArg, UnitTable, param_problems, unit_table
-from lossdsl.catalog import (
-    LOSSES,
-    MATH,
-    Accessor,
-    KeywordSpec,
-    LossEntry,
-    MathFunction,
-    lookup,
-)
+from lossdsl.calls import CallChecks
 from lossdsl.constants import Undefined, evaluate, is_real, outside_float32
 from lossdsl.errors import LossDSLError, LossValidationError, Span
-from lossdsl.suggest import did_you_mean, did_you_mean_function
+from lossdsl.levels import CONDITION, TOP, Level, Place, level_map
+from lossdsl.suggest import did_you_mean
 from lossdsl.terms import Term, split_terms
 
 __all__ = ["Checked", "check"]
@@ -57,10 +52,13 @@ class Checked:
     params: Mapping[str, float]
     allow_negative: bool
     terms: tuple[Term, ...]
-    max_stop: int
-    """One past the highest column the formula reads."""
-    max_stop_span: Span | None
-    """Where the selector reading that column is written."""
+    level: Level
+    """``Level.POSITION`` for a formula of per-position terms, ``Level.EXAMPLE`` for one whose
+    terms give one value per example (or for the whole batch)."""
+    term_levels: tuple[Level, ...]
+    stops: Mapping[str, tuple[int, Span | None]]
+    """For ``"true"`` and ``"pred"``: one past the highest column the formula reads of
+    ``y_true`` and of ``y_pred``, and where the selector reading it is written."""
 
 
 def check(
@@ -85,7 +83,10 @@ def check(
     table, problems = unit_table(units, locate=first_use.get)
     problems += param_problems(values, table, locate=first_use.get)
     checker = _Checker(formula.expr, table, values)
-    checker.value(formula.expr, _TOP)
+    checker.value(formula.expr, TOP)
+    levels, level_problems = level_map(formula.expr)
+    for node, message, hint in level_problems:
+        checker.error(node, message, hint)
     if not checker.reads_data(formula.expr):
         checker.error(
             formula.expr,
@@ -105,8 +106,9 @@ def check(
         params=MappingProxyType(values),
         allow_negative=allow_negative,
         terms=terms,
-        max_stop=checker.max_stop,
-        max_stop_span=checker.max_stop_span,
+        level=Level.EXAMPLE if levels[id(formula.expr)] >= Level.EXAMPLE else Level.POSITION,
+        term_levels=tuple(levels[id(t.expr)] for t in terms),
+        stops=MappingProxyType(checker.stops),
     )
 
 
@@ -120,47 +122,7 @@ def _first_uses(expr: ast.Expr) -> dict[str, Span | None]:
     return out
 
 
-@dataclass(frozen=True)
-class _Place:
-    """Where a value stands, as far as the checks care."""
-
-    linear: bool = True
-    """Its weight in the term is a constant, so a ``where`` may stand here."""
-    in_arg: bool = False
-    in_cond: bool = False
-    in_where: bool = False
-    in_constant: bool = False
-    """Inside a constant that was already evaluated as a whole."""
-
-    def where_problem(self) -> tuple[str, str | None] | None:
-        """Why a ``where`` term cannot stand here (message and hint), or ``None``."""
-        if self.in_cond:
-            return "'where' cannot appear inside a condition.", None
-        if self.in_where:
-            return (
-                "A 'where' term cannot be nested inside another 'where' term.",
-                "combine the conditions with 'and': T where A and B.",
-            )
-        if self.in_arg:
-            return (
-                "'where' cannot appear inside a function argument.",
-                "'where' qualifies a whole additive term; put it after the call: "
-                "abs(pred(u1) - true(u1)) where true(u0) == 1.",
-            )
-        if not self.linear:
-            return (
-                "A 'where' term cannot be multiplied by, or divide, a per-sample value.",
-                "its value is a mean over the selected samples; scale it only by numbers and "
-                "parameters, or move the factor inside: (x * T) where C.",
-            )
-        return None
-
-
-_TOP = _Place()
-_CONDITION = _Place(linear=False, in_cond=True)
-
-
-class _Checker:
+class _Checker(CallChecks):
     """One walk over the AST, collecting problems instead of stopping at the first."""
 
     def __init__(self, root: ast.Expr, units: UnitTable, params: Mapping[str, Any]) -> None:
@@ -169,8 +131,7 @@ class _Checker:
         self.problems: list[LossDSLError] = []
         self._messages: set[str] = set()
         self._data = _data_nodes(root)
-        self.max_stop = 0
-        self.max_stop_span: Span | None = None
+        self.stops = {"true": (0, None), "pred": (0, None)}
 
     def error(self, node: ast.Node | Span | None, message: str, hint: str | None = None) -> None:
         if message in self._messages:
@@ -185,7 +146,7 @@ class _Checker:
 
     # -- values ------------------------------------------------------------------------------
 
-    def value(self, node: ast.Expr, place: _Place, *, factor: bool = False) -> None:
+    def value(self, node: ast.Expr, place: Place, *, factor: bool = False) -> None:
         """Check a value standing at ``place``; ``factor``: a factor of a product."""
         if isinstance(node, ast.Number):
             self.number(node)
@@ -224,7 +185,7 @@ class _Checker:
                 "(about 1.2e-38 to 3.4e38), so the compiled loss would see inf or 0.",
             )
 
-    def product(self, node: ast.Product, place: _Place) -> None:
+    def product(self, node: ast.Product, place: Place) -> None:
         per_sample = sum(self.reads_data(e) for _, e in node.factors)
         for op, e in node.factors:
             data = self.reads_data(e)
@@ -236,11 +197,11 @@ class _Checker:
             if op == "/" and not data:
                 self.constant_divisor(e)
 
-    def where(self, node: ast.Where, place: _Place) -> None:
+    def where(self, node: ast.Where, place: Place) -> None:
         problem = place.where_problem()
         if problem:
             self.error(node, *problem)
-        term = _Place(
+        term = Place(
             in_where=True,
             in_arg=place.in_arg,
             in_cond=place.in_cond,
@@ -298,135 +259,6 @@ class _Checker:
                 hint=None if suggestion else f"pass its value: params={{'{node.id}': 0.5}}.",
             )
 
-    # -- calls -------------------------------------------------------------------------------
-
-    def call(self, node: ast.Call, place: _Place) -> None:
-        args = replace(place, linear=False, in_arg=True)  # where the arguments stand
-        match lookup(node.name):
-            case LossEntry() as entry:
-                self.loss_call(node, entry)
-            case Accessor():
-                self.accessor_call(node)
-            case MathFunction() as function:
-                self.math_call(node, function, args)
-            case None:
-                self.error(
-                    node.name_span,
-                    f"Unknown function '{node.name}'.{did_you_mean_function(node.name)}",
-                    hint="losses: " + ", ".join(LOSSES) + "; math: " + ", ".join(MATH) + "; "
-                    "and pred(), true().",
-                )
-                for a in node.args:
-                    if not isinstance(a, ast.Unit | ast.UnitSlice | ast.Name):
-                        self.value(a, args)  # a selector or a parameter: fine for either
-
-    def loss_call(self, node: ast.Call, entry: LossEntry) -> None:
-        name = node.name
-        if not node.args:
-            self.error(
-                node,
-                f"{name}() needs the units it applies to.",
-                hint=f"write {name}(u0), {name}(u[0:3]) or {name}(name).",
-            )
-        elif len(node.args) > 1:
-            self.error(
-                node.args[1],
-                f"{name}() takes one unit selector, then keyword arguments. "
-                f"Received {len(node.args)} positional arguments.",
-                hint="select several columns with a slice, u[1:4], or a name bound to a "
-                "range, units={'box': [1, 4]}.",
-            )
-        if node.args:
-            cols = self.selector(node.args[0], name)
-            if cols is not None and cols[1] - cols[0] < entry.min_units:
-                self.error(
-                    node.args[0],
-                    f"{name}() needs at least {entry.min_units} units; "
-                    f"{node.args[0]} selects {cols[1] - cols[0]}.",
-                    hint=f"select a slice: {name}(u[0:{entry.min_units}]).",
-                )
-        seen: set[str] = set()
-        for kw in node.kwargs:
-            if kw.name in seen:
-                self.error(kw, f"Keyword '{kw.name}' is given twice.")
-                continue
-            seen.add(kw.name)
-            spec = entry.keywords.get(kw.name)
-            if spec is None:
-                known = list(entry.keywords)
-                self.error(
-                    kw,
-                    f"{name}() has no keyword '{kw.name}'.{did_you_mean(kw.name, known)}",
-                    hint=f"{name}() accepts: {', '.join(known) if known else 'none'}.",
-                )
-            else:
-                self.keyword_value(name, kw, spec)
-
-    def keyword_value(self, fn: str, kw: ast.Keyword, spec: KeywordSpec) -> None:
-        given = ast.literal(kw.value)
-        if given is None:
-            capital = isinstance(kw.value, ast.Name) and kw.value.id in ("True", "False")
-            self.error(
-                kw.value,
-                f"Keyword values must be literal numbers or true/false. Received: "
-                f"{kw.name}={kw.value}.",
-                hint=f"booleans are lower-case: {kw.name}={str(kw.value).lower()}."
-                if capital
-                else None,
-            )
-        elif not spec.accepts(given) or (not isinstance(given, bool) and outside_float32(given)):
-            self.error(
-                kw.value,
-                f"{fn}(..., {kw.name}=...) expects {spec.describe_range()}. Received: {kw.value}.",
-            )
-
-    def selector(self, node: ast.Expr, fn: str) -> tuple[int, int] | None:
-        """Check a unit selector; its columns, or ``None`` if it is not one."""
-        cols, problem = self.units.select(node, fn, self.params)
-        if problem is not None:
-            self.error(node, *problem)
-        elif cols is not None and cols[1] > self.max_stop:
-            self.max_stop, self.max_stop_span = cols[1], node.span
-        return cols
-
-    def accessor_call(self, node: ast.Call) -> None:
-        what = "y_pred" if node.name == "pred" else "y_true"
-        if len(node.args) != 1 or node.kwargs:
-            self.error(
-                node,
-                f"{node.name}() takes exactly one unit and no keywords.",
-                hint=f"{node.name}(u1) is unit u1 of {what}, one value per sample.",
-            )
-        if node.args:
-            cols = self.selector(node.args[0], node.name)
-            if cols is not None and cols[1] - cols[0] != 1:
-                self.error(
-                    node.args[0],
-                    f"{node.name}() reads one unit; {node.args[0]} selects {cols[1] - cols[0]}.",
-                    hint=f"write {node.name}(u{cols[0]}), or use a loss over the slice.",
-                )
-
-    def math_call(self, node: ast.Call, function: MathFunction, args: _Place) -> None:
-        if node.kwargs:
-            self.error(node.kwargs[0], f"{node.name}() takes no keyword arguments.")
-        if len(node.args) != function.arity:
-            plural = "s" if function.arity > 1 else ""
-            self.error(
-                node,
-                f"{node.name}() takes {function.arity} argument{plural}, "
-                f"{function.signature}. Received {len(node.args)}.",
-            )
-        for a in node.args:
-            self.value(a, args)
-        if node.name == "clip" and len(node.args) == 3:
-            lo, hi = node.args[1], node.args[2]
-            if not self.reads_data(lo) and not self.reads_data(hi):
-                try:
-                    if evaluate(lo, self.params) > evaluate(hi, self.params):
-                        self.error(node, "clip(x, lo, hi) needs lo <= hi.")
-                except Undefined:
-                    pass
-
     # -- conditions --------------------------------------------------------------------------
 
     def cond(self, node: ast.Cond) -> None:
@@ -441,8 +273,8 @@ class _Checker:
             return
         match node:
             case ast.Compare():
-                self.value(node.left, _CONDITION)
-                self.value(node.right, _CONDITION)
+                self.value(node.left, CONDITION)
+                self.value(node.right, CONDITION)
             case ast.And() | ast.Or():
                 for c in node.items:
                     self.cond(c)

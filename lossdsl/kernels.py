@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "bce_column",
+    "dice",
     "focal",
     "focal_column",
     "huber_column",
@@ -30,8 +31,11 @@ __all__ = [
     "mape_column",
     "mse_column",
     "msle_column",
+    "one_hot",
     "ops",
     "poisson_column",
+    "sparse_cce",
+    "tversky",
 ]
 
 
@@ -159,3 +163,39 @@ def log_cosh_column(y_true: Any, y_pred: Any) -> Any:
 def poisson_column(y_true: Any, y_pred: Any) -> Any:
     epsilon = ops.convert_to_tensor(keras.backend.epsilon(), dtype=y_pred.dtype)
     return y_pred - y_true * ops.log(y_pred + epsilon)
+
+
+def sparse_cce(index: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """``keras.losses.sparse_categorical_crossentropy`` of class indices held as floats (a
+    ``Loss`` casts every label to its dtype)."""
+    return keras.losses.sparse_categorical_crossentropy(
+        ops.cast(index, "int32"), y_pred, from_logits=from_logits
+    )
+
+
+def one_hot(index: Any, classes: int, dtype: str) -> Any:
+    """The one-hot rows of class indices held as floats; an index outside ``[0, classes)``
+    gives a row of zeros, as ``keras.ops.one_hot`` does."""
+    return ops.one_hot(ops.cast(index, "int32"), classes, dtype=dtype)
+
+
+def dice(y_true: Any, y_pred: Any, total: Callable[[Any], Any]) -> Any:
+    """``keras.losses.dice`` with its sums taken by ``total``: over each example (Keras's
+    ``axis`` every axis but the batch's) or over the whole batch (``axis=None``)."""
+    intersection = total(y_true * y_pred)
+    score = ops.divide(2.0 * intersection, total(y_true) + total(y_pred) + keras.backend.epsilon())
+    return 1 - score
+
+
+def tversky(
+    y_true: Any, y_pred: Any, total: Callable[[Any], Any], alpha: float = 0.5, beta: float = 0.5
+) -> Any:
+    """``keras.losses.tversky`` with its sums taken by ``total`` (see ``dice``). As in Keras,
+    ``alpha`` weighs ``sum((1 - y_pred) * y_true)`` and ``beta`` ``sum(y_pred * (1 - y_true))``."""
+    intersection = total(y_true * y_pred)
+    fp = total((1 - y_pred) * y_true)
+    fn = total(y_pred * (1 - y_true))
+    score = ops.divide(
+        intersection, intersection + fp * alpha + fn * beta + keras.backend.epsilon()
+    )
+    return 1 - score

@@ -43,29 +43,34 @@ class LossDSLWarning(UserWarning):
     """A lint, as a warning; ``str`` shows the code, the message and the caret."""
 
 
-def _columns(checked: Checked, node: ast.Node, fn: tuple[str, ...]) -> set[int]:
-    """Columns read by calls named in ``fn`` under ``node``."""
+def _predicted(checked: Checked, node: ast.Node, fn: tuple[str, ...]) -> set[int]:
+    """Columns of ``y_pred`` read by calls named in ``fn`` under ``node``."""
     out: set[int] = set()
     for n in ast.walk(node):
         if isinstance(n, ast.Call) and n.name in fn and n.args:
-            cols = checked.units.resolve(n.args[0])
-            if cols is not None:
-                out.update(range(*cols))
+            binding = checked.units.resolve(n.args[0])
+            if binding is not None and binding.pred is not None:
+                out.update(range(*binding.pred))
     return out
 
 
-def _probability_units(checked: Checked) -> set[int]:
-    """Columns that a ``bce``, ``focal`` or ``cce`` call reads as probabilities."""
-    out: set[int] = set()
+def _probability_units(checked: Checked) -> set[tuple[str, int]]:
+    """The ``("pred", column)`` and ``("true", column)`` that a ``bce``, ``focal`` or ``cce``
+    call reads as probabilities (class-index labels are not)."""
+    out: set[tuple[str, int]] = set()
     for n in ast.walk(checked.formula.expr):
         if isinstance(n, ast.Call) and n.name in _PROBABILITY_LOSSES and n.args:
             logits = any(
                 k.name == "from_logits" and isinstance(k.value, ast.Name) and k.value.id == "true"
                 for k in n.kwargs
             )
-            cols = checked.units.resolve(n.args[0])
-            if cols is not None and not logits:
-                out.update(range(*cols))
+            binding = checked.units.resolve(n.args[0])
+            if binding is None or binding.pred is None or binding.true is None:
+                continue
+            if not logits:
+                out.update(("pred", c) for c in range(*binding.pred))
+            if not binding.sparse:
+                out.update(("true", c) for c in range(*binding.true))
     return out
 
 
@@ -101,8 +106,8 @@ def _make(code: str, node: ast.Node | None, message: str, hint: str) -> LossVali
 def _lints(checked: Checked) -> Iterator[LossValidationError]:
     nodes = list(ast.walk(checked.formula.expr))
     for where in (n for n in nodes if isinstance(n, ast.Where)):
-        conditioned = _columns(checked, where.cond, ("pred",))
-        shared = conditioned & _columns(checked, where.term, (*LOSSES, "pred"))
+        conditioned = _predicted(checked, where.cond, ("pred",))
+        shared = conditioned & _predicted(checked, where.term, (*LOSSES, "pred"))
         if shared:
             units = ", ".join(f"u{c}" for c in sorted(shared))
             yield _make(
@@ -124,8 +129,9 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                 continue
             if not isinstance(side, ast.Call) or side.name not in ("pred", "true"):
                 continue
-            cols = checked.units.resolve(side.args[0]) if side.args else None
-            if cols is None or cols[0] not in probability:
+            binding = checked.units.resolve(side.args[0]) if side.args else None
+            cols = None if binding is None else getattr(binding, side.name)
+            if cols is None or (side.name, cols[0]) not in probability:
                 continue
             verdict = _verdict(op, c)
             if verdict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping
-from typing import Any, NoReturn, Self
+from typing import Any, Literal, NoReturn, Self
 
 from pydantic import (
     BaseModel,
@@ -38,6 +38,9 @@ from lossdsl.errors import LossDSLError, LossValidationError
 from lossdsl.suggest import did_you_mean
 
 __all__ = ["LossSpec"]
+
+Columns = int | tuple[int, int]
+Side = Literal["pred", "true"]
 
 
 class LossSpec(BaseModel):
@@ -59,9 +62,11 @@ class LossSpec(BaseModel):
     expression: str = Field(
         description="The loss formula, e.g. 'bce(u0) + mse(u1) where true(u0) == 1'."
     )
-    units: int | dict[str, int | tuple[int, int]] | None = Field(
+    units: int | dict[str, Columns | dict[Side, Columns]] | None = Field(
         default=None,
-        description="Output width, or unit names mapped to a column index or [start, stop].",
+        description="Output width, or unit names mapped to a column index, [start, stop], or "
+        '{"pred": ..., "true": ...} for a unit whose sides read other columns (either side '
+        "alone, or a true column of class indices against several pred columns).",
     )
     params: dict[str, float] = Field(
         default_factory=dict, description="Parameter names mapped to finite float values."
@@ -140,12 +145,9 @@ class LossSpec(BaseModel):
 
     def config(self) -> dict[str, Any]:
         """The fields as plain JSON (slices as lists), for Keras ``get_config``."""
-        units: Any = self.units
-        if isinstance(units, Mapping):
-            units = {k: list(v) if isinstance(v, tuple) else v for k, v in units.items()}
         return {
             "expression": self.expression,
-            "units": units,
+            "units": _plain_units(self.units, as_list=True),
             "params": dict(self.params),
             "where_mean": self.where_mean,
             "allow_negative": self.allow_negative,
@@ -229,15 +231,23 @@ def _plain(params: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in params.items()}
 
 
-def _plain_units(units: Any) -> Any:
-    """Units with Python ints (numpy integers included, already checked)."""
+def _plain_units(units: Any, *, as_list: bool = False) -> Any:
+    """Units with Python ints (numpy integers included, already checked); ranges as tuples,
+    or as lists for JSON."""
+
+    def columns(v: Any) -> Any:
+        if isinstance(v, numbers.Integral):
+            return int(v)
+        pair = (int(v[0]), int(v[1]))
+        return list(pair) if as_list else pair
+
+    def entry(v: Any) -> Any:
+        return {side: columns(c) for side, c in v.items()} if isinstance(v, Mapping) else columns(v)
+
     if units is None:
         return None
     if isinstance(units, Mapping):
-        return {
-            str(k): int(v) if isinstance(v, numbers.Integral) else (int(v[0]), int(v[1]))
-            for k, v in units.items()
-        }
+        return {str(k): entry(v) for k, v in units.items()}
     return int(units)
 
 

@@ -22,18 +22,22 @@ of ``y_pred``'s dtype once they touch the data.
 
 from __future__ import annotations
 
+import enum
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import keras
 from keras import ops
 
 from lossdsl import ast
-from lossdsl.catalog import Accessor, LossEntry, MathFunction, lookup
+from lossdsl.arguments import Binding
+from lossdsl.catalog import Accessor, Aggregate, LossEntry, MathFunction, lookup
 from lossdsl.errors import LossValidationError
 from lossdsl.keras.context import Context, check_inputs, float_dtype, shapes_differ
 from lossdsl.keras.distribute import global_sum, replicas
 from lossdsl.kernels import in_float32
+from lossdsl.levels import Level, level_map
 
 if TYPE_CHECKING:
     from lossdsl.spec import LossSpec
@@ -42,6 +46,15 @@ __all__ = ["Program"]
 
 Value = Any  # a Python float, a Python bool, or a tensor
 Node = Callable[[Context], Value]
+
+
+class Scope(enum.Enum):
+    """What a where-term is averaged over, by the reduction around it."""
+
+    TOP = "the loss's reduction: where_mean decides"
+    SUM = "sum(...): not averaged"
+    MEAN = "mean(...): each example's selected positions"
+    MEAN_BATCH = "mean(..., batch=true): the batch's selected positions"
 
 
 def _remembered(fn: Node) -> Node:
@@ -112,38 +125,40 @@ def _binary(op: str, a: Value, b: Value) -> Value:
 
 
 class Program:
-    """A compiled formula: ``program(y_true, y_pred, params)`` gives the
-    per-sample loss. ``params`` maps each parameter name to a scalar (a
-    ``keras.Variable`` in a ``FormulaLoss``)."""
+    """A compiled formula: ``program(y_true, y_pred, params)`` gives the loss of each position
+    (of each example for a formula of aggregates). ``params`` maps each parameter name to a
+    scalar (a ``keras.Variable`` in a ``FormulaLoss``)."""
 
     def __init__(self, spec: LossSpec) -> None:
         self.checked = checked = spec.checked
         self.where_mean = spec.where_mean
-        # Subexpressions written more than once (structurally: spans take no part
-        # in equality) share one closure, whose value each evaluation computes once.
+        self.per_example = checked.level is Level.EXAMPLE
+        self._levels, _ = level_map(checked.formula.expr)
+        # Subexpressions written more than once (structurally: spans take no part in
+        # equality) share one closure, whose value each evaluation computes once.
         self._repeated = {
             node
             for node, n in Counter(ast.walk(checked.formula.expr)).items()
             if n > 1 and not isinstance(node, ast.Number | ast.Name)
         }
-        self._closures: dict[ast.Node, Node] = {}
-        self._root = self._compile(checked.formula.expr)
+        self._closures: dict[tuple[ast.Node, Scope], Node] = {}
+        self._root = self._compile(checked.formula.expr, Scope.TOP)
         self._terms: dict[tuple[int, bool], Callable[[Context], tuple[Any, Any]]] = {}
 
-    # -- building closures ----------------------------------------------------
+    # -- building closures ---------------------------------------------------------------
 
-    def _compile(self, node: ast.Node) -> Node:
-        """The closure computing ``node``: built once per distinct subtree, and
-        remembering its value in the evaluation's context if the subtree repeats."""
-        fn = self._closures.get(node)
+    def _compile(self, node: ast.Node, scope: Scope) -> Node:
+        """The closure computing ``node`` inside ``scope``: built once per distinct subtree,
+        and remembering its value in the evaluation's context if the subtree repeats."""
+        fn = self._closures.get((node, scope))
         if fn is None:
-            fn = self._build(node)
+            fn = self._build(node, scope)
             if node in self._repeated:
                 fn = _remembered(fn)
-            self._closures[node] = fn
+            self._closures[(node, scope)] = fn
         return fn
 
-    def _build(self, node: ast.Node) -> Node:
+    def _build(self, node: ast.Node, scope: Scope) -> Node:
         if isinstance(node, ast.Number):
             value = node.value
             return lambda ctx: value
@@ -151,27 +166,28 @@ class Program:
             name = node.id
             return lambda ctx: ctx.params[name]
         if isinstance(node, ast.Neg):
-            inner = self._compile(node.operand)
+            inner = self._compile(node.operand, scope)
             return lambda ctx: _neg(inner(ctx))
         if isinstance(node, ast.Sum | ast.Product):
             pairs = node.terms if isinstance(node, ast.Sum) else node.factors
-            return self._chain(pairs)
+            return self._chain(pairs, scope)
         if isinstance(node, ast.Call):
-            return self._call(node)
+            return self._call(node, scope)
         if isinstance(node, ast.Where):
-            return self._where(node)
+            term, cond = self._compile(node.term, scope), self._compile(node.cond, scope)
+            return self._selected(term, cond, scope, self._levels.get(id(node), Level.POSITION))
         if isinstance(node, ast.Compare):
-            return self._compare(node)
+            return self._compare(node, scope)
         if isinstance(node, ast.And | ast.Or):
-            return self._logical(node)
+            return self._logical(node, scope)
         if isinstance(node, ast.Not):
-            inner = self._compile(node.operand)
+            inner = self._compile(node.operand, scope)
             return lambda ctx: _not(inner(ctx))
         raise TypeError(f"cannot compile {node!r}")  # pragma: no cover - validated away
 
-    def _chain(self, pairs: tuple[tuple[str, ast.Expr], ...]) -> Node:
-        first = self._compile(pairs[0][1])
-        rest = [(op, self._compile(e)) for op, e in pairs[1:]]
+    def _chain(self, pairs: tuple[tuple[str, ast.Expr], ...], scope: Scope) -> Node:
+        first = self._compile(pairs[0][1], scope)
+        rest = [(op, self._compile(e, scope)) for op, e in pairs[1:]]
         first_neg = pairs[0][0] == "-"
         product = pairs[0][0] == "*"
 
@@ -198,27 +214,70 @@ class Program:
 
         return run
 
-    def _call(self, node: ast.Call) -> Node:
+    def _call(self, node: ast.Call, scope: Scope) -> Node:
         entry = lookup(node.name)
         if isinstance(entry, MathFunction):
-            args = [self._compile(a) for a in node.args]
+            args = [self._compile(a, scope) for a in node.args]
             return lambda ctx: _apply(entry, [a(ctx) for a in args])
-        cols = self.checked.units.resolve(node.args[0])
-        assert cols is not None
-        start, stop = cols
+        if isinstance(entry, Aggregate):
+            return self._aggregate(node, entry)
+        binding = self.checked.units.resolve(node.args[0])
+        assert binding is not None
         if isinstance(entry, Accessor):
-            pred = entry.reads_pred
-            return lambda ctx: ctx.column(pred, start)
+            cols = binding.pred if entry.reads_pred else binding.true
+            assert cols is not None
+            col, pred = cols[0], entry.reads_pred
+            return lambda ctx: ctx.column(pred, col)
         assert isinstance(entry, LossEntry)
-        kwargs = {k.name: ast.literal(k.value) for k in node.kwargs}
-        if stop - start == 1 and entry.column is not None:
+        keywords = {k.name: ast.literal(k.value) for k in node.kwargs}
+        ignored = keywords.pop("ignore_class", None)
+        loss = self._loss(node, entry, binding, keywords)
+        if ignored is None:
+            return loss
+        # ignore_class=c is `where true(u) != c`: the ignored positions drop out of the
+        # value and the gradient, and the term is averaged over the others.
+        assert binding.true is not None
+        index = binding.true[0]
+
+        def kept(ctx: Context) -> Value:
+            return ops.not_equal(ops.stop_gradient(ctx.column(False, index)), ignored)
+
+        return self._selected(loss, kept, scope, Level.POSITION)
+
+    def _loss(
+        self, node: ast.Call, entry: LossEntry, binding: Binding, keywords: dict[str, Any]
+    ) -> Node:
+        assert binding.true is not None and binding.pred is not None
+        (t0, t1), (p0, p1) = binding.true, binding.pred
+        sparse, width = binding.sparse, p1 - p0
+
+        def columns(ctx: Context) -> tuple[Any, Any]:
+            labels = ctx.one_hot(t0, width) if sparse else ctx.columns(False, t0, t1)
+            return labels, ctx.columns(True, p0, p1)
+
+        if entry.level == "example":
+            batch = bool(keywords.pop("batch", False))
+            per_example = entry.columns
+
+            def example(ctx: Context) -> Value:
+                total = _batch_total if batch else _example_total
+                kernel = in_float32(lambda t, p, **kw: per_example(t, p, total, **kw))
+                return kernel(*columns(ctx), **keywords)
+
+            return example
+        if sparse and entry.sparse is not None:
+            index_loss = in_float32(entry.sparse)
+            return lambda ctx: index_loss(
+                ctx.column(False, t0), ctx.columns(True, p0, p1), **keywords
+            )
+        if not sparse and width == 1 and entry.column is not None:
             each = in_float32(entry.column) if entry.builtin else entry.column
-            return lambda ctx: each(ctx.column(False, start), ctx.column(True, start), **kwargs)
+            return lambda ctx: each(ctx.column(False, t0), ctx.column(True, p0), **keywords)
         loss = in_float32(entry.columns) if entry.builtin else entry.columns
         source, span = self.checked.formula.text(), node.span
 
         def run(ctx: Context) -> Value:
-            out = loss(ctx.columns(False, start, stop), ctx.columns(True, start, stop), **kwargs)
+            out = loss(*columns(ctx), **keywords)
             want = ctx.sample_shape
             got = tuple(getattr(out, "shape", ()))
             if shapes_differ(got, want):
@@ -233,27 +292,54 @@ class Program:
 
         return run
 
-    def _where(self, node: ast.Where) -> Node:
-        term = self._compile(node.term)
-        cond = self._compile(node.cond)
-        selected = self.where_mean == "selected"
+    def _aggregate(self, node: ast.Call, entry: Aggregate) -> Node:
+        batch = any(k.name == "batch" and ast.literal(k.value) is True for k in node.kwargs)
+        scope = Scope.SUM if not entry.mean else Scope.MEAN_BATCH if batch else Scope.MEAN
+        arg = self._compile(node.args[0], scope)
+        mean = entry.mean
 
         def run(ctx: Context) -> Value:
-            m, value = _masked(ctx, cond, term)
-            if selected:
-                # Counted in float32 (float16 overflows past 65,504 samples and
-                # bfloat16 is inexact past 256), over the global batch.
-                count = global_sum(ops.sum(ops.cast(m, "float32")))
-                n = global_sum(ops.cast(ops.size(m), "float32"))
-                scale = ops.cast(ops.divide_no_nan(n, count), ctx.dtype)
-                value = value * ops.stop_gradient(scale)
-            return value
+            # In float32, as counts are: float16 sums overflow past 65,504.
+            x = ops.cast(ctx.positions(arg(ctx)), _wide(ctx.dtype))
+            if batch:
+                total = global_sum(ops.sum(x))
+                count = global_sum(ops.cast(ops.size(x), x.dtype))
+            else:
+                total = _example_total(x)
+                count = _example_total(ops.ones_like(x))
+            return ops.cast(ops.divide_no_nan(total, count) if mean else total, ctx.dtype)
 
         return run
 
-    def _compare(self, node: ast.Compare) -> Node:
+    def _selected(self, term: Node, cond: Node, scope: Scope, level: Level) -> Node:
+        """``term`` where ``cond`` holds, averaged as ``scope`` says."""
+        example = level >= Level.EXAMPLE
+        normalise = scope is not Scope.SUM and not (
+            scope is Scope.TOP and self.where_mean == "batch"
+        )
+
+        def run(ctx: Context) -> Value:
+            m, value = _masked(ctx, cond, term, example)
+            if not normalise:
+                return value
+            # Counted in float32 (float16 overflows past 65,504 samples and bfloat16 is
+            # inexact past 256); over the global batch, or over each example inside mean().
+            selected = ops.cast(m, "float32")
+            if scope is Scope.MEAN:
+                scale = ops.divide_no_nan(
+                    _example_total(ops.ones_like(selected)), _example_total(selected)
+                )
+                scale = _spread(scale, len(value.shape))
+            else:
+                count = global_sum(ops.sum(selected))
+                scale = ops.divide_no_nan(global_sum(ops.cast(ops.size(m), "float32")), count)
+            return value * ops.stop_gradient(ops.cast(scale, ctx.dtype))
+
+        return run
+
+    def _compare(self, node: ast.Compare, scope: Scope) -> Node:
         tensor_op, py_op = _COMPARE[node.op]
-        left, right = self._compile(node.left), self._compile(node.right)
+        left, right = self._compile(node.left, scope), self._compile(node.right, scope)
 
         def run(ctx: Context) -> Value:
             a, b = _sg(left(ctx)), _sg(right(ctx))
@@ -263,8 +349,8 @@ class Program:
 
         return run
 
-    def _logical(self, node: ast.And | ast.Or) -> Node:
-        items = [self._compile(c) for c in node.items]
+    def _logical(self, node: ast.And | ast.Or, scope: Scope) -> Node:
+        items = [self._compile(c, scope) for c in node.items]
         combine = ops.logical_and if isinstance(node, ast.And) else ops.logical_or
 
         def run(ctx: Context) -> Value:
@@ -275,15 +361,15 @@ class Program:
 
         return run
 
-    # -- running --------------------------------------------------------------
+    # -- running ------------------------------------------------------------------------
 
     def __call__(self, y_true: Any, y_pred: Any, params: Mapping[str, Any] | None = None) -> Any:
         ctx = self.context(y_true, y_pred, params)
-        out = self.per_sample(self._root(ctx), ctx)
+        out = self.shaped(self._root(ctx), ctx)
         r = replicas()
         if r > 1:
-            # Under tf.distribute: weigh this replica's samples so that Keras's
-            # per-replica means add up to the global mean, even split or not.
+            # Under tf.distribute: weigh this replica's samples so that Keras's per-replica
+            # means add up to the global mean, even split or not.
             n_local = ops.cast(ops.size(out), "float32")
             factor = ops.divide_no_nan(n_local * float(r), global_sum(n_local))
             out = out * ops.stop_gradient(ops.cast(factor, ctx.dtype))
@@ -300,23 +386,19 @@ class Program:
         values = {k: ops.cast(v, dtype) for k, v in (params or self.checked.params).items()}
         return Context(y_true, y_pred, dtype, values)
 
-    @staticmethod
-    def per_sample(value: Value, ctx: Context) -> Any:
-        """``value`` as a tensor of the per-sample shape and dtype."""
-        out = ops.cast(value, ctx.dtype)
-        if len(out.shape) == 0:  # a constant: broadcast it to every sample
-            out = out + ops.zeros_like(ctx.y_pred[..., 0])
-        return out
+    def shaped(self, value: Value, ctx: Context) -> Any:
+        """``value`` as the loss returns it: one value per position, or per example."""
+        return ctx.examples(value) if self.per_example else ctx.positions(value)
 
-    # -- terms, for metrics and custom loops ------------------------------------------
+    # -- terms, for metrics and custom loops --------------------------------------------
 
     def term(self, index: int, *, weighted: bool = False) -> Callable[[Context], tuple[Any, Any]]:
-        """For top-level term ``index``: a function giving per-sample
-        ``(numerator, denominator)``, so that a running ``sum(num*w) / sum(den*w)``
-        is the term's dataset-level value: its mean over all samples, or, for
-        ``T where C`` with ``where_mean="selected"``, the mean of ``T`` over the
-        samples where ``C`` holds. ``weighted`` multiplies in the term's sign,
-        numbers and parameters; otherwise they are left out (the raw loss)."""
+        """For top-level term ``index``: a function giving ``(numerator, denominator)`` per
+        position (per example for a formula of aggregates), so that a running
+        ``sum(num*w) / sum(den*w)`` is the term's dataset-level value: its mean over all
+        samples, or, for ``T where C`` with ``where_mean="selected"``, the mean of ``T`` over
+        the samples where ``C`` holds. ``weighted`` multiplies in the term's sign, numbers and
+        parameters; otherwise they are left out (the raw loss)."""
         key = (index, weighted)
         if key not in self._terms:
             self._terms[key] = self._term(index, weighted=weighted)
@@ -324,18 +406,19 @@ class Program:
 
     def _term(self, index: int, *, weighted: bool) -> Callable[[Context], tuple[Any, Any]]:
         t = self.checked.terms[index]
-        body_fn = self._compile(t.body)
-        cond_fn = self._compile(t.cond) if t.cond is not None else None
-        scale_fns = [(op, self._compile(e)) for op, e in t.factors]
+        body_fn = self._compile(t.body, Scope.TOP)
+        cond_fn = self._compile(t.cond, Scope.TOP) if t.cond is not None else None
+        scale_fns = [(op, self._compile(e, Scope.TOP)) for op, e in t.factors]
         sign = float(t.sign)
         batch_mean = self.where_mean == "batch"
+        example = self.per_example
 
         def run(ctx: Context) -> tuple[Any, Any]:
-            ones = ops.cast(ctx.all_true, ctx.dtype)
+            ones = ops.cast(ctx.all_examples if example else ctx.all_true, ctx.dtype)
             if cond_fn is None:
-                num, den = self.per_sample(body_fn(ctx), ctx), ones
+                num, den = self.shaped(body_fn(ctx), ctx), ones
             else:
-                m, num = _masked(ctx, cond_fn, body_fn)
+                m, num = _masked(ctx, cond_fn, body_fn, example)
                 den = ones if batch_mean else ops.cast(m, ctx.dtype)
             if weighted:
                 coef: Value = sign
@@ -347,14 +430,39 @@ class Program:
         return run
 
 
-def _masked(ctx: Context, cond: Node, term: Node) -> tuple[Any, Any]:
-    """The mask of ``cond`` and ``term`` where it holds, 0 elsewhere: ``term``
-    runs on inputs whose masked rows are replaced first (the double where)."""
+def _masked(ctx: Context, cond: Node, term: Node, example: bool) -> tuple[Any, Any]:
+    """The mask of ``cond`` (per example, or per position), and ``term`` where it holds, 0
+    elsewhere: ``term`` runs on inputs whose masked positions are replaced first (the double
+    where)."""
     m = cond(ctx)
-    if _const(m) or len(m.shape) < len(ctx.sample_shape):
-        m = ops.logical_and(ctx.all_true, m)  # a constant condition: broadcast it
+    every = ctx.all_examples if example else ctx.all_true
+    if _const(m) or len(m.shape) < len(every.shape):
+        m = ops.logical_and(every, m)  # a constant or batch-wide condition: broadcast it
     value = ops.where(m, term(ctx.masked(m)), 0.0)
     return m, ops.cast(value, ctx.dtype)
+
+
+def _example_total(x: Any) -> Any:
+    """``x`` summed over every axis but the first: one total per example."""
+    axes = tuple(range(1, len(x.shape)))
+    return ops.sum(x, axis=axes) if axes else x
+
+
+def _batch_total(x: Any) -> Any:
+    """``x`` summed over the whole global batch (over the replicas too)."""
+    return global_sum(ops.sum(x))
+
+
+def _spread(x: Any, rank: int) -> Any:
+    """A per-example ``x`` with trailing axes of size 1, to broadcast over ``rank`` axes."""
+    while len(x.shape) < rank:
+        x = ops.expand_dims(x, -1)
+    return x
+
+
+def _wide(dtype: str) -> str:
+    """float32 for the low-precision dtypes, which cannot hold a sum of many positions."""
+    return "float32" if keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16") else dtype
 
 
 def _neg(x: Value) -> Value:

@@ -16,6 +16,7 @@ from keras import ops
 
 from lossdsl.checker import Checked
 from lossdsl.errors import LossInputError, LossValidationError
+from lossdsl.kernels import one_hot
 
 __all__ = ["Context", "check_inputs", "float_dtype", "shapes_differ"]
 
@@ -30,15 +31,15 @@ _SAFE_PRED = 0.5
 
 
 class Context:
-    """The tensors one evaluation reads: inputs, dtype, parameters, and, inside
-    a ``where`` term, the mask whose false rows are replaced before use.
+    """The tensors one evaluation reads: inputs, dtype, parameters, and, inside a ``where``
+    term, the mask whose false positions are replaced before use.
 
-    It also remembers what this evaluation has computed: each column read
-    (sliced once however many terms and conditions read it, masked or not) and
-    the value of each repeated subexpression (see ``Program._compile``)."""
+    It also remembers what this evaluation has computed: each column read (sliced once however
+    many terms and conditions read it, masked or not) and the value of each repeated
+    subexpression (see ``Program._compile``)."""
 
     __slots__ = (
-        "_all_true", "_columns", "_raw", "dtype", "mask", "memo", "params", "y_pred", "y_true",
+        "_columns", "_ones", "_raw", "dtype", "mask", "memo", "params", "y_pred", "y_true",
     )  # fmt: skip
 
     def __init__(
@@ -57,26 +58,59 @@ class Context:
         self.params = params
         self.mask = mask
         self.memo: dict[int, Any] = {}
-        self._all_true: Any = None if parent is None else parent._all_true
-        # Unmasked slices are shared with the context a where-term masks.
+        # Unmasked slices, and the all-true masks, are shared with the contexts of where-terms.
         self._raw: dict[tuple[bool, int, int], Any] = {} if parent is None else parent._raw
-        self._columns: dict[tuple[bool, int, int], Any] = {}
+        self._ones: dict[bool, Any] = {} if parent is None else parent._ones
+        self._columns: dict[tuple[Any, ...], Any] = {}
 
     @property
     def sample_shape(self) -> tuple[Any, ...]:
-        """``y_pred.shape[:-1]``: one value per sample."""
+        """``y_pred.shape[:-1]``: one value per position."""
         return tuple(self.y_pred.shape)[:-1]
 
     @property
     def all_true(self) -> Any:
-        """A boolean ``True`` per sample (built on first use)."""
-        if self._all_true is None:
-            self._all_true = ops.ones_like(self._slice(True, 0, -1), dtype="bool")
-        return self._all_true
+        """A boolean ``True`` per position (built on first use)."""
+        return self._all(examples=False)
+
+    @property
+    def all_examples(self) -> Any:
+        """A boolean ``True`` per example, shape ``(batch,)``."""
+        return self._all(examples=True)
+
+    def _all(self, *, examples: bool) -> Any:
+        if examples not in self._ones:
+            first = self._slice(True, 0, -1)
+            if examples:
+                first = first[(slice(None),) + (0,) * (len(first.shape) - 1)]
+            self._ones[examples] = ops.ones_like(first, dtype="bool")
+        return self._ones[examples]
+
+    def positions(self, value: Any) -> Any:
+        """``value`` as a tensor of this context's dtype with one value per position; a
+        per-example value is spread over its example's positions."""
+        out = ops.cast(value, self.dtype)
+        rank = len(self.sample_shape)
+        while 0 < len(out.shape) < rank:
+            out = ops.expand_dims(out, -1)
+        if tuple(out.shape) != self.sample_shape:
+            out = out + ops.zeros_like(self._slice(True, 0, -1))
+        return out
+
+    def examples(self, value: Any) -> Any:
+        """``value`` (a per-example or batch-wide value) as one value per example."""
+        out = ops.cast(value, self.dtype)
+        if len(out.shape) == 0:
+            out = out + ops.zeros_like(self.all_examples, dtype=self.dtype)
+        return out
 
     def masked(self, m: Any) -> Context:
-        """The same inputs, read with the rows where ``m`` is false replaced by a
-        safe value (only the columns the term reads are touched)."""
+        """The same inputs, read with the positions where ``m`` is false replaced by a safe
+        value (only the columns the term reads are touched). A per-example ``m`` masks every
+        position of its example; inside another where-term, both masks apply."""
+        m = ops.logical_and(self.all_true, _spread(m, len(self.sample_shape)))
+        if self.mask is not None:
+            m = ops.logical_and(self.mask, m)
         return Context(self.y_true, self.y_pred, self.dtype, self.params, mask=m, parent=self)
 
     def _slice(self, pred: bool, start: int, stop: int) -> Any:
@@ -112,6 +146,23 @@ class Context:
                     x = ops.where(ops.expand_dims(self.mask, -1), x, safe)
             self._columns[key] = x
         return self._columns[key]
+
+    def one_hot(self, index: int, classes: int) -> Any:
+        """The one-hot rows of the class indices in ``y_true[..., index]`` (a row of zeros
+        for an index outside ``[0, classes)``), sanitised inside a where-term."""
+        key = ("one_hot", index, classes)
+        if key not in self._columns:
+            self._columns[key] = one_hot(self.column(False, index), classes, self.dtype)
+        return self._columns[key]
+
+
+def _spread(m: Any, rank: int) -> Any:
+    """A mask with trailing axes of size 1 up to ``rank`` (a constant stays as it is)."""
+    if isinstance(m, bool):
+        return m
+    while len(m.shape) < rank:
+        m = ops.expand_dims(m, -1)
+    return m
 
 
 def shapes_differ(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
@@ -149,9 +200,11 @@ def check_inputs(checked: Checked, y_true: Any, y_pred: Any) -> None:
             hint="a model with one output unit returns (batch, 1); reshape a (batch,) "
             "output or label with keras.ops.expand_dims(x, -1).",
         )
-    if shapes_differ(ts, ps):
+    layout = checked.units.layout
+    if shapes_differ(ts[:-1] if layout else ts, ps[:-1] if layout else ps):
+        same = "leading shape (every axis but the last)" if layout else "shape"
         raise LossInputError(
-            f"y_true and y_pred must have the same shape. Received: y_true {ts} and y_pred {ps}.",
+            f"y_true and y_pred must have the same {same}. Received: y_true {ts} and y_pred {ps}.",
             source=text,
             span=whole,
             hint="lossdsl reads labels column by column and does not reshape them, as a "
@@ -177,11 +230,28 @@ def check_inputs(checked: Checked, y_true: Any, y_pred: Any) -> None:
             span=whole,
             hint="pass the model's output width as units, or units=None to take it from y_pred.",
         )
-    if checked.max_stop > width:
-        raise LossValidationError(
-            f"The formula reads column {checked.max_stop - 1}, but y_pred has only "
-            f"{width} unit{'s' if width != 1 else ''} (shape {ps}).",
-            source=text,
-            span=checked.max_stop_span,
-            hint=f"select units below u{width}, or check the model's output width.",
-        )
+    if not layout:  # y_true has y_pred's shape: one check for both sides
+        stop, span = max(checked.stops.values(), key=lambda s: s[0])
+        if stop > width:
+            raise LossValidationError(
+                f"The formula reads column {stop - 1}, but y_pred has only {width} "
+                f"unit{'s' if width != 1 else ''} (shape {ps}).",
+                source=text,
+                span=span,
+                hint=f"select units below u{width}, or check the model's output width.",
+            )
+        return
+    for side, shape in (("pred", ps), ("true", ts)):
+        stop, span = checked.stops[side]
+        if stop > shape[-1]:
+            have = shape[-1]
+            raise LossInputError(
+                f"The units map reads column {stop - 1} of y_{side}, but y_{side} has only "
+                f"{have} column{'s' if have != 1 else ''} (shape {shape}): {stop - have} "
+                "too few.",
+                source=text,
+                span=span,
+                hint=f"check the model's output against the units' {side} sides."
+                if side == "pred"
+                else "check the labels' width against the units' true sides.",
+            )
