@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from lossdsl import ast
 from lossdsl.arguments import WHERE_MEANS
-from lossdsl.catalog import LossEntry, MathFunction, lookup
+from lossdsl.catalog import Accessor, LossEntry, MathFunction, lookup
 from lossdsl.config import load_spec
 from lossdsl.errors import LossDSLError, LossValidationError
+from lossdsl.levels import Level
 from lossdsl.lints import lint
 from lossdsl.validation import check
 
@@ -164,25 +165,36 @@ def _parenthesised(node: ast.Node) -> str:
     return str(node)
 
 
+_LEVELS = {
+    Level.CONSTANT: "constant",
+    Level.POSITION: "position",
+    Level.EXAMPLE: "example",
+    Level.BATCH: "batch",
+}
+
+
 def _explain_rows(spec: LossSpec) -> list[dict[str, str]]:
     rows = []
-    for t in spec.checked.terms:
+    checked = spec.checked
+    samples = "examples" if checked.level is Level.EXAMPLE else "samples"
+    for t, level in zip(checked.terms, checked.term_levels, strict=True):
         weight = t.weight(spec.params)
         calls = [n for n in ast.walk(t.body) if isinstance(n, ast.Call)]
         # The units a term reads: the selectors of its losses and of pred() and true().
-        units = {str(c.args[0]) for c in calls if c.args and not _is_math(c)}
+        units = {str(c.args[0]) for c in calls if c.args and _reads_units(c)}
         rows.append(
             {
                 "sign": "-" if weight < 0 else "+",
                 "weight": ast.format_number(abs(weight)),
                 "term": str(t.body),
+                "value per": _LEVELS[level],
                 "functions": ", ".join(sorted({c.name for c in calls})) or "-",
                 "units": ", ".join(sorted(units)) or "-",
                 "condition": str(t.cond) if t.cond is not None else "-",
                 "normalisation": (
                     "mean over the batch"
                     if t.cond is None
-                    else "mean over selected samples"
+                    else f"mean over selected {samples}"
                     if spec.where_mean == "selected"
                     else "sum / batch"
                 ),
@@ -191,8 +203,8 @@ def _explain_rows(spec: LossSpec) -> list[dict[str, str]]:
     return rows
 
 
-def _is_math(call: ast.Call) -> bool:
-    return isinstance(lookup(call.name), MathFunction)
+def _reads_units(call: ast.Call) -> bool:
+    return isinstance(lookup(call.name), LossEntry | Accessor)
 
 
 def _legend(spec: LossSpec) -> list[str]:

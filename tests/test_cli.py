@@ -99,12 +99,14 @@ def test_fmt_and_explain() -> None:
         "sign",
         "weight",
         "term",
+        "value",
+        "per",
         "functions",
         "units",
         "condition",
         "normalisation",
     ]
-    assert lines[3].split()[:6] == ["+", "0.7", "bce(u0)", "bce", "u0", "-"]
+    assert lines[3].split()[:7] == ["+", "0.7", "bce(u0)", "position", "bce", "u0", "-"]
     assert "pred(u0) >= 0.5" in lines[4] and "mean over selected samples" in lines[4]
     # After the table, one line per function from its catalogue entry.
     assert lines[6:] == [
@@ -119,8 +121,17 @@ def test_explain_lists_the_units_each_term_reads() -> None:
     out = lossdsl("explain", "sqrt(square(pred(u0))) + max(mse(u1), 1) - 2", "--units", "2")
     assert out.returncode == 0, out.stderr
     rows = [line.split("  ") for line in out.stdout.splitlines()[3:6]]
-    units = [[cell.strip() for cell in row if cell.strip()][4] for row in rows]
+    units = [[cell.strip() for cell in row if cell.strip()][5] for row in rows]
     assert units == ["u0", "u1", "-"]
+
+
+def test_explain_shows_what_each_term_gives_a_value_for() -> None:
+    out = lossdsl("explain", "dice(m) + mean(bce(m)) + mean(bce(m), batch=true)", "--units",
+                  '{"m": 0}')  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("  ") for line in out.stdout.splitlines()[3:6]]
+    levels = [[cell.strip() for cell in row if cell.strip()][3] for row in rows]
+    assert levels == ["example", "example", "batch"]
 
 
 def test_schema() -> None:

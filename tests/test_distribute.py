@@ -1,7 +1,8 @@
 """Scaling out: one epoch under tf.distribute.MirroredStrategy (2 logical CPUs)
 and under JAX DataParallel (4 host devices) leaves the weights those of one
 device with the same global batches, for plain terms, where-terms, sample
-weights and a last batch that splits unevenly."""
+weights, a last batch that splits unevenly, and batch-wide aggregates (a Dice
+over the whole batch), where Keras's own Dice differs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ from pathlib import Path
 import pytest
 
 PROBE = Path(__file__).parent / "probes" / "distribute_probe.py"
-CASES = ["plain", "where", "where+weights", "where+params", "uneven"]
+CASES = [
+    "plain",
+    "where",
+    "where+weights",
+    "where+params",
+    "uneven",
+    "dice batch-wide",
+    "dice per example + mean bce",
+    "batch-wide mean of a where, uneven",
+]
+GLOBAL = ["where", "where+weights", "where+params", "uneven", "dice batch-wide"]
+"""The cases that need counts or sums over the global batch."""
 # The largest weight difference that counts as the same training. Each replica's gradient
 # comes from a smaller batch (other matmul shapes, other kernels) and the replicas' sums are
 # added in another order, so the weights agree to float32 rounding, not bit for bit: a few
@@ -43,14 +55,18 @@ def test_mirrored_strategy_matches_one_device() -> None:
     assert result["replicas"] == 2
     for case in CASES:
         assert result[case] < SAME, (case, result)
+    # Keras's own batch-wide Dice takes each replica's half batch for the whole.
+    assert result["Keras's Dice"] > 1e-3, result
 
 
 def test_without_global_counts_mirrored_strategy_would_differ() -> None:
-    # The same runs with per-replica counts, which is what Keras does alone:
-    # where-terms and the uneven split move the weights; so the check above can fail.
+    # The same runs with per-replica counts and sums, which is what Keras does alone:
+    # where-terms, batch-wide terms and the uneven split move the weights; so the check
+    # above can fail.
     result = _probe("tensorflow", LOSSDSL_PROBE_LOCAL_COUNTS="1")
     assert result["plain"] < SAME
-    for case in ("where", "where+weights", "where+params", "uneven"):
+    assert result["dice per example + mean bce"] < SAME
+    for case in [*GLOBAL, "batch-wide mean of a where, uneven"]:
         assert result[case] > 1e-3, (case, result)
 
 

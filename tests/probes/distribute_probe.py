@@ -39,40 +39,68 @@ if os.environ.get("LOSSDSL_PROBE_LOCAL_COUNTS") == "1":
     _c.replicas = lambda: 1
     _c.global_sum = lambda x: x
 
-CASES = {
-    # name: formula, rows, batch size, sample weights?
-    "plain": ("bce(u0) + 0.5*mse(u1)", 12, 12, False),
-    "where": ("bce(u0) + mse(u1) where true(u0) == 1", 12, 12, False),
-    "where+weights": ("bce(u0) + mse(u1) where true(u0) == 1", 12, 12, True),
-    "where+params": ("alpha*bce(u0) + (1 - alpha)*mse(u1) where pred(u0) > 0.5", 12, 12, False),
-    "uneven": ("bce(u0) + mse(u1) where true(u0) == 1", 15, 6, True),
+CASES: dict[str, tuple[str | None, int, int, bool, str]] = {
+    # name: formula (None: Keras's own Dice), rows, batch size, sample weights?, data
+    "plain": ("bce(u0) + 0.5*mse(u1)", 12, 12, False, "rows"),
+    "where": ("bce(u0) + mse(u1) where true(u0) == 1", 12, 12, False, "rows"),
+    "where+weights": ("bce(u0) + mse(u1) where true(u0) == 1", 12, 12, True, "rows"),
+    "where+params": (
+        "alpha*bce(u0) + (1 - alpha)*mse(u1) where pred(u0) > 0.5", 12, 12, False, "rows"
+    ),
+    "uneven": ("bce(u0) + mse(u1) where true(u0) == 1", 15, 6, True, "rows"),
+    # Dense prediction: (batch, positions, 1) masks.
+    "dice batch-wide": ("dice(mask, batch=true)", 16, 8, False, "masks"),
+    "dice per example + mean bce": ("dice(mask) + mean(bce(mask))", 16, 8, True, "masks"),
+    "batch-wide mean of a where, uneven": (
+        "mean(bce(mask) where true(mask) == 1, batch=true) + mean(mse(mask))", 15, 6, True, "masks"
+    ),
+    "Keras's Dice": (None, 16, 8, False, "masks"),
 }
 if BACKEND == "jax":  # DataParallel needs every batch divisible by the device count
-    CASES["uneven"] = ("bce(u0) + mse(u1) where true(u0) == 1", 16, 8, True)
+    CASES["uneven"] = ("bce(u0) + mse(u1) where true(u0) == 1", 16, 8, True, "rows")
+    CASES["batch-wide mean of a where, uneven"] = (
+        "mean(bce(mask) where true(mask) == 1, batch=true) + mean(mse(mask))", 16, 8, True, "masks"
+    )
 
 rng = np.random.default_rng(3)
 X = rng.normal(size=(16, 4)).astype("float32")
 Y = np.stack([X[:, 0] > 0.3, X[:, 1] + 0.5 * X[:, 2]], axis=1).astype("float32")
 W = rng.uniform(0.2, 2.0, size=16).astype("float32")
+# Six positions an example, four features a position; the mask follows one feature.
+X_MASKS = rng.normal(size=(16, 6, 4)).astype("float32")
+Y_MASKS = (X_MASKS[..., :1] + 0.3 * rng.normal(size=(16, 6, 1)) > 0.2).astype("float32")
+
+
+def _model(data: str) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    if data == "masks":
+        inputs = keras.Input((6, 4))
+        h = keras.layers.Dense(8, activation="tanh")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, activation="tanh")(inputs)
+    out = keras.layers.Concatenate()(
+        [keras.layers.Dense(1, activation="sigmoid")(h), keras.layers.Dense(1)(h)]
+    )
+    return keras.Model(inputs, out)
 
 
 def train(
-    formula: str, n: int, batch: int, weights: bool, scope: Callable[[], Any]
+    formula: str | None, n: int, batch: int, weights: bool, data: str, scope: Callable[[], Any]
 ) -> list[np.ndarray]:
     with scope():
-        keras.utils.set_random_seed(0)
-        inputs = keras.Input((4,))
-        h = keras.layers.Dense(8, activation="tanh")(inputs)
-        out = keras.layers.Concatenate()(
-            [keras.layers.Dense(1, activation="sigmoid")(h), keras.layers.Dense(1)(h)]
-        )
-        model = keras.Model(inputs, out)
-        loss = lossdsl.compile_loss(
-            formula, units=2, params={"alpha": 0.6} if "alpha" in formula else None
-        )
+        model = _model(data)
+        if formula is None:
+            loss: Any = keras.losses.Dice()
+        elif data == "masks":
+            loss = lossdsl.compile_loss(formula, units={"mask": 0})
+        else:
+            params = {"alpha": 0.6} if "alpha" in formula else None
+            loss = lossdsl.compile_loss(formula, units=2, params=params)
         model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+    x, y = (X_MASKS, Y_MASKS) if data == "masks" else (X, Y)
     model.fit(
-        X[:n], Y[:n], sample_weight=W[:n] if weights else None,
+        x[:n], y[:n], sample_weight=W[:n] if weights else None,
         batch_size=batch, epochs=1, shuffle=False, verbose=0,
     )  # fmt: skip
     return [np.asarray(w) for w in model.get_weights()]
