@@ -4,14 +4,17 @@ What it measures, each against a hand-written equivalent in the same run,
 alternating the two sides and quoting medians:
 
 1. loss evaluation at batch 2**20 (value of the mean loss, forward only) for
-   five formulas, under ``tf.function`` without and with ``jit_compile=True``,
+   six formulas, under ``tf.function`` without and with ``jit_compile=True``,
    and under ``jax.jit`` when jax is installed (in a subprocess: a process has
    one Keras backend); each beside its floor, the bytes it must read
    (``y_true`` and ``y_pred`` once) over the read bandwidth measured here;
 2. one ``model.fit`` epoch of a small MLP with each loss;
 3. the first call: tracing (graph) and tracing plus XLA compiling;
-4. the front end: ``parse`` uncached and cached, ``validate``, ``compile_loss``
-   (no tracing), and the import time of ``lossdsl`` alone.
+4. the front end, in a process without Keras (``bench_validate.py``): a bare
+   Lark parse, the yardstick, and beside it ``parse``, the checks,
+   ``validate`` on distinct formulas and from its cache, and ``check --stdin``,
+   as rates and as ratios to the Lark parse's rate; then ``compile_loss`` (no
+   tracing) and the import time of ``lossdsl`` alone.
 
 It prints one table and writes it to ``benchmarks/RESULTS.md`` with the date
 and the machine. Nothing here is a test: no figure here fails a build.
@@ -36,6 +39,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import bench_validate  # beside this file, on the path of a script run
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -46,7 +50,7 @@ PARAMS = {"alpha": 0.7, "beta": 0.2}
 FIT_BATCH = 256
 
 
-# -- the five comparisons: a formula and the same loss written by hand -----------------------
+# -- the comparisons: a formula and the same loss written by hand -----------------------------
 
 
 def _cases() -> list[dict[str, Any]]:
@@ -54,16 +58,15 @@ def _cases() -> list[dict[str, Any]]:
     import keras
     from keras import ops
 
-    def seed_example_1(y_true, y_pred):
-        # The seed's Example 1 with keras.ops, and per-sample (its K.mean made the
-        # MSE a batch mean added to a per-sample BCE).
+    def weighted_sum(y_true, y_pred):
+        # 0.7 BCE + 0.3 MSE, both per sample.
         bce = ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
         mse = ops.square(y_true[:, 1] - y_pred[:, 1])
         return 0.7 * bce + 0.3 * mse
 
-    def seed_example_2(y_true, y_pred):
-        # The seed's Example 2 with keras.ops and its mask the right way round: the
-        # location counts where a lesion is predicted (a batch mean, as there).
+    def conditional_mask(y_true, y_pred):
+        # BCE everywhere, and the location's MSE only where presence is predicted
+        # (a mean over the whole batch: where_mean="batch").
         bce = ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
         mask = ops.cast(ops.greater_equal(y_pred[:, 0], 0.5), y_pred.dtype)
         return bce + ops.square(y_true[:, 1] - y_pred[:, 1]) * mask
@@ -79,7 +82,7 @@ def _cases() -> list[dict[str, Any]]:
         scale = ops.divide_no_nan(n, ops.sum(ops.cast(m, y_pred.dtype)))
         return alpha * huber + (1 - alpha) * mse + beta * bce + mae * scale
 
-    def seed_example_2_nan_safe(y_true, y_pred):
+    def conditional_mask_nan_safe(y_true, y_pred):
         # What lossdsl guarantees, by hand: the rows the mask drops are replaced
         # before the term is computed, so a NaN there cannot reach the gradient.
         bce = ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0])
@@ -124,16 +127,16 @@ def _cases() -> list[dict[str, Any]]:
 
     return [
         {
-            "name": "seed example 1",
+            "name": "weighted sum",
             "formula": "0.7*bce(presence) + 0.3*mse(loc)",
-            "hand": seed_example_1,
+            "hand": weighted_sum,
         },
         {
-            "name": "seed example 2",
+            "name": "conditional mask",
             "formula": "bce(presence) + mse(loc) where pred(presence) >= 0.5",
             "where_mean": "batch",
-            "hand": seed_example_2,
-            "hand_nan_safe": seed_example_2_nan_safe,
+            "hand": conditional_mask,
+            "hand_nan_safe": conditional_mask_nan_safe,
         },
         {
             "name": "four terms",
@@ -512,52 +515,37 @@ def _first_calls(repeats: int) -> list[dict[str, Any]]:
     return out
 
 
-def _front_end(repeats: int) -> list[dict[str, Any]]:
-    sys.path.insert(0, str(HERE))
-    import bench_validate
-
+def _front_end(quick: bool) -> list[dict[str, Any]]:
+    """The rows of ``bench_validate.py``, run in a process of its own (one without
+    Keras, as a service that only validates is), then ``compile_loss`` and the
+    import time of ``lossdsl``."""
     import lossdsl
-    from lossdsl import parser
 
-    rows = []
-    n = 1000
+    n, rounds = (200, 3) if quick else (1000, 9)
+    cmd = [sys.executable, str(HERE / "bench_validate.py"), "--json", "--n", str(n)]
+    done = subprocess.run(
+        [*cmd, "--rounds", str(rounds)], capture_output=True, text=True, check=True
+    )
+    worker = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = [{"section": "front end", **worker}]
 
-    def per_item(fn: Callable[[str], Any], items_for: Callable[[], list[str]]) -> float:
-        values = []
-        for _ in range(repeats):
-            items = items_for()
-            start = time.perf_counter()
-            for item in items:
-                fn(item)
-            values.append((time.perf_counter() - start) / len(items))
-        return statistics.median(values)
-
-    salt = iter(range(10**6))
-
-    def fresh() -> list[str]:
+    repeats = 3 if quick else 7
+    values = []
+    for salt in range(repeats):
         bench_validate.clear_caches()
-        return bench_validate.formulas(n, next(salt))
-
-    rows.append({"what": "parse, uncached", "seconds": per_item(lossdsl.parse, fresh)})
-    same = bench_validate.formulas(1, 999)[0]
-    lossdsl.parse(same)
-    rows.append({"what": "parse, cached", "seconds": per_item(lossdsl.parse, lambda: [same] * n)})
-    units = bench_validate.UNITS
+        items = bench_validate.formulas(200, 10_000 + salt)
+        start = time.perf_counter()
+        for item in items:
+            lossdsl.compile_loss(item, units=bench_validate.UNITS)
+        values.append((time.perf_counter() - start) / len(items))
+    bench_validate.clear_caches()
     rows.append(
         {
-            "what": "validate, distinct formulas",
-            "seconds": per_item(lambda t: lossdsl.validate(t, units=units), fresh),
-        }
-    )
-    rows.append(
-        {
+            "section": "front end, more",
             "what": "compile_loss (no tracing), distinct formulas",
-            "seconds": per_item(
-                lambda t: lossdsl.compile_loss(t, units=units), lambda: fresh()[:200]
-            ),
+            "seconds": statistics.median(values),
         }
     )
-    parser._parse_cached.cache_clear()
     code = (
         "import sys, time; t = time.perf_counter(); import lossdsl; "
         "print(time.perf_counter() - t, 'keras' in sys.modules, 'tensorflow' in sys.modules)"
@@ -569,8 +557,14 @@ def _front_end(repeats: int) -> list[dict[str, Any]]:
         ).stdout.split()
         assert result[1:] == ["False", "False"], "import lossdsl loaded keras or tensorflow"
         times.append(float(result[0]))
-    rows.append({"what": "import lossdsl (no keras)", "seconds": statistics.median(times)})
-    return [{"section": "front end", **r} for r in rows]
+    rows.append(
+        {
+            "section": "front end, more",
+            "what": "import lossdsl (no keras)",
+            "seconds": statistics.median(times),
+        }
+    )
+    return rows
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -681,9 +675,22 @@ def report(rows: list[dict[str, Any]]) -> str:
                 f"| {r['case']} | {r['mode']} | {_ms(r['lossdsl'])} | {_ms(r['hand'])} | "
                 f"{r['lossdsl'] / r['hand']:.2f} |"
             )
-    lines += ["", "## Front end", "", "| what | median each | per second |", "|---|---:|---:|"]
+    lines += [
+        "",
+        "## Front end",
+        "",
+        "Typical two- to four-term formulas, all different, in a process without Keras, on one "
+        "core (`benchmarks/bench_validate.py`). The yardstick is a bare Lark parse of other "
+        'such formulas: `Lark(grammar_text(), parser="lalr", lexer="contextual")` '
+        "building its own parse tree, with no transformer.",
+        "",
+    ]
     for r in rows:
         if r["section"] == "front end":
+            lines += bench_validate.markdown(r["rows"], r["n"], r["rounds"], r["chunk"])
+    lines += ["", "| what | median each | per second |", "|---|---:|---:|"]
+    for r in rows:
+        if r["section"] == "front end, more":
             lines.append(f"| {r['what']} | {_ms(r['seconds'])} | {1 / r['seconds']:,.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -712,7 +719,7 @@ def main() -> None:
         rows += [{**r, "floor": floor} for r in json.loads(done.stdout.strip().splitlines()[-1])]
     rows += _fit_epochs(3 if args.quick else 21)
     rows += _first_calls(3 if args.quick else 7)
-    rows += _front_end(3 if args.quick else 7)
+    rows += _front_end(args.quick)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"# lossdsl benchmarks\n\n{stamp}; {_machine()}.\n\n"

@@ -51,7 +51,6 @@ class CallChecks:
         raise NotImplementedError
 
     def call(self, node: ast.Call, place: Place) -> None:
-        args = replace(place, linear=False, in_arg=True)  # where the arguments stand
         match lookup(node.name):
             case LossEntry() as entry:
                 self.loss_call(node, entry, place)
@@ -60,7 +59,7 @@ class CallChecks:
                 self.accessor_call(node, accessor)
                 return
             case MathFunction() as function:
-                self.math_call(node, function, args)
+                self.math_call(node, function, replace(place, linear=False, in_arg=True))
                 return
             case Aggregate() as aggregate:
                 self.aggregate_call(node, aggregate)
@@ -71,6 +70,7 @@ class CallChecks:
             hint="losses: " + ", ".join(LOSSES) + "; math: " + ", ".join(MATH) + "; "
             "aggregates: sum, mean; and pred(), true().",
         )
+        args = replace(place, linear=False, in_arg=True)
         for a in node.args:
             if not isinstance(a, ast.Unit | ast.UnitSlice | ast.Name):
                 self.value(a, args)  # a selector or a parameter: fine for either

@@ -79,9 +79,8 @@ def check(
             hint="params={'alpha': 0.7}",
         ).with_source(formula.text())
     values = {k: float(v) if is_real(v) else v for k, v in (params or {}).items()}
-    first_use = _first_uses(formula.expr)
-    table, problems = unit_table(units, locate=first_use.get)
-    problems += param_problems(values, table, locate=first_use.get)
+    table, problems = unit_table(units, locate=lambda name: _first_use(formula.expr, name))
+    problems += param_problems(values, table, locate=lambda name: _first_use(formula.expr, name))
     checker = _Checker(formula.expr, table, values)
     checker.value(formula.expr, TOP)
     levels, level_problems = level_map(formula.expr)
@@ -93,7 +92,7 @@ def check(
             "The formula does not depend on the model's output or labels.",
             hint="a constant loss has zero gradient; use a loss such as mse(u0).",
         )
-    terms = split_terms(formula.expr)
+    terms = split_terms(formula.expr, checker.reads_data)
     if not checker.problems:
         for term in terms:  # in the order of the text
             checker.weight(term, allow_negative)
@@ -112,14 +111,10 @@ def check(
     )
 
 
-def _first_uses(expr: ast.Expr) -> dict[str, Span | None]:
-    """The span of each bare name's first use (for problems in the ``units`` or ``params``
-    arguments, which have no text of their own)."""
-    out: dict[str, Span | None] = {}
-    for node in ast.walk(expr):
-        if isinstance(node, ast.Name):
-            out.setdefault(node.id, node.span)
-    return out
+def _first_use(expr: ast.Expr, name: str) -> Span | None:
+    """The span of the first use of the bare name ``name`` (for problems in the ``units`` or
+    ``params`` arguments, which have no text of their own)."""
+    return next((n.span for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id == name), None)
 
 
 class _Checker(CallChecks):

@@ -54,11 +54,11 @@ def _predicted(checked: Checked, node: ast.Node, fn: tuple[str, ...]) -> set[int
     return out
 
 
-def _probability_units(checked: Checked) -> set[tuple[str, int]]:
+def _probability_units(checked: Checked, nodes: list[ast.Node]) -> set[tuple[str, int]]:
     """The ``("pred", column)`` and ``("true", column)`` that a ``bce``, ``focal`` or ``cce``
-    call reads as probabilities (class-index labels are not)."""
+    call among ``nodes`` reads as probabilities (class-index labels are not)."""
     out: set[tuple[str, int]] = set()
-    for n in ast.walk(checked.formula.expr):
+    for n in nodes:
         if isinstance(n, ast.Call) and n.name in _PROBABILITY_LOSSES and n.args:
             logits = any(
                 k.name == "from_logits" and isinstance(k.value, ast.Name) and k.value.id == "true"
@@ -118,7 +118,7 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                 "condition on the label instead, such as true(u0) == 1.",
             )
     compares = [n for n in nodes if isinstance(n, ast.Compare)]
-    probability = _probability_units(checked) if compares else set()
+    probability = _probability_units(checked, nodes) if compares else set()
     for node in compares:
         for side, other, op in (
             (node.left, node.right, node.op),

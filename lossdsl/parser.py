@@ -336,28 +336,53 @@ def _check_length(text: str) -> None:
 
 
 def _check_tree(expr: ast.Node, source: str) -> None:
-    """At most ``MAX_DEPTH`` calls and unary operators inside one another, a tree at most
-    ``MAX_TREE_DEPTH`` deep, and at most ``MAX_TERMS`` additive terms in all; without
-    recursion."""
-    stack: list[tuple[ast.Node, int, int]] = [(expr, 0, 1)]
-    terms = 0
+    """At most ``MAX_TERMS`` additive terms in all, a tree at most ``MAX_TREE_DEPTH`` deep,
+    and at most ``MAX_DEPTH`` calls and unary operators inside one another; without
+    recursion. The tree is walked level by level; only a tree deeper than ``MAX_DEPTH`` can
+    nest that many calls, so only then is it walked path by path."""
+    level, depth, terms, too_deep = [expr], 0, 0, None
+    while level:
+        depth += 1
+        if depth == MAX_TREE_DEPTH + 1:
+            too_deep = level[0]
+        for node in level:
+            if isinstance(node, ast.Sum):
+                terms += len(node.terms)
+                if terms > MAX_TERMS:
+                    raise LossSyntaxError(
+                        f"The formula has more than {MAX_TERMS:,} terms.",
+                        source=source,
+                        span=node.span,
+                        hint=_TOO_LONG_HINT,
+                    )
+        level = [child for node in level for child in node.children()]
+    if depth > MAX_DEPTH:
+        _check_nesting(expr, source)
+    if too_deep is not None:
+        raise LossSyntaxError(
+            f"The formula nests more than {MAX_TREE_DEPTH} operations inside one another.",
+            source=source,
+            span=too_deep.span,
+            hint=_TOO_DEEP_HINT,
+        )
+
+
+def _check_nesting(expr: ast.Node, source: str) -> None:
+    """At most ``MAX_DEPTH`` calls and unary operators inside one another (parentheses are
+    counted before the parse), along every path."""
+    stack: list[tuple[ast.Node, int]] = [(expr, 0)]
     while stack:
-        node, nesting, depth = stack.pop()
+        node, nesting = stack.pop()
         if isinstance(node, ast.Call | ast.Neg | ast.Not):
             nesting += 1
-        if isinstance(node, ast.Sum):
-            terms += len(node.terms)
-        problem = None
-        if depth > MAX_TREE_DEPTH:
-            problem = f"The formula nests more than {MAX_TREE_DEPTH} operations inside one another."
-        elif nesting > MAX_DEPTH:
-            problem = f"The formula is nested more than {MAX_DEPTH} levels deep."
-        elif terms > MAX_TERMS:
-            problem = f"The formula has more than {MAX_TERMS:,} terms."
-        if problem:
-            hint = _TOO_LONG_HINT if terms > MAX_TERMS else _TOO_DEEP_HINT
-            raise LossSyntaxError(problem, source=source, span=node.span, hint=hint)
-        stack.extend((child, nesting, depth + 1) for child in node.children())
+            if nesting > MAX_DEPTH:
+                raise LossSyntaxError(
+                    f"The formula is nested more than {MAX_DEPTH} levels deep.",
+                    source=source,
+                    span=node.span,
+                    hint=_TOO_DEEP_HINT,
+                )
+        stack.extend((child, nesting) for child in node.children())
 
 
 # -- the entry point -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ compiler and its metrics (a term's raw and weighted value), ``lossdsl explain`` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from lossdsl import ast
@@ -65,8 +65,11 @@ class Term:
         return partial[-1] if partial else float(self.sign)
 
 
-def split_term(expr: ast.Expr, sign: int = 1) -> Term:
+def split_term(
+    expr: ast.Expr, sign: int = 1, reads_data: Callable[[ast.Node], bool] = ast.has_data
+) -> Term:
     """``expr`` as a term: signs, ``where`` and constant factors peeled off its body.
+    ``reads_data`` tells a per-sample factor from a constant one (the checks know it already).
 
     Only a product with one per-sample factor is looked into: ``2 * mse(u0) / pred(u1)``
     has the weight 2 and the body ``mse(u0) / pred(u1)``, and a parenthesised sum is one
@@ -82,8 +85,8 @@ def split_term(expr: ast.Expr, sign: int = 1) -> Term:
         elif isinstance(node, ast.Where) and cond is None:
             cond, node = node.cond, node.term
         elif isinstance(node, ast.Product):
-            data = [(op, e) for op, e in node.factors if ast.has_data(e)]
-            consts = tuple((op, e) for op, e in node.factors if not ast.has_data(e))
+            data = [(op, e) for op, e in node.factors if reads_data(e)]
+            consts = tuple((op, e) for op, e in node.factors if not reads_data(e))
             if not consts or not data:
                 break
             levels.append(consts)
@@ -99,8 +102,10 @@ def split_term(expr: ast.Expr, sign: int = 1) -> Term:
     return Term(expr, sign, tuple(levels), node, cond)
 
 
-def split_terms(expr: ast.Expr) -> tuple[Term, ...]:
+def split_terms(
+    expr: ast.Expr, reads_data: Callable[[ast.Node], bool] = ast.has_data
+) -> tuple[Term, ...]:
     """The top-level terms of a formula's expression, in the order of the text."""
     if isinstance(expr, ast.Sum):
-        return tuple(split_term(e, -1 if op == "-" else 1) for op, e in expr.terms)
-    return (split_term(expr),)
+        return tuple(split_term(e, -1 if op == "-" else 1, reads_data) for op, e in expr.terms)
+    return (split_term(expr, 1, reads_data),)

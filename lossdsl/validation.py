@@ -43,15 +43,22 @@ _cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
 _lock = threading.Lock()
 
 
+_SCALARS = (int, float, str, bool, type(None))
+
+
 def _freeze(value: Any) -> Any:
     """A hashable stand-in for a ``units`` or ``params`` argument that tells apart what the
-    checks tell apart; ``TypeError`` if there is none."""
-    if isinstance(value, Mapping):
-        return ("mapping", tuple((_freeze(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple):
-        return ("sequence", tuple(_freeze(v) for v in value))
+    checks tell apart (``1`` from ``True`` and ``1.0``); ``TypeError`` if there is none.
+    The plain types, which almost every call passes, are told by their exact type first."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return (kind, value)
+    if kind is dict or isinstance(value, Mapping):
+        return (Mapping, tuple((_freeze(k), _freeze(v)) for k, v in value.items()))
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
+        return (list, tuple(_freeze(v) for v in value))
     hash(value)
-    return (type(value).__name__, value)
+    return (kind, value)
 
 
 def _entry(
