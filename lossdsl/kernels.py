@@ -167,10 +167,14 @@ def poisson_column(y_true: Any, y_pred: Any) -> Any:
 
 def sparse_cce(index: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """``keras.losses.sparse_categorical_crossentropy`` of class indices held as floats (a
-    ``Loss`` casts every label to its dtype)."""
-    return keras.losses.sparse_categorical_crossentropy(
-        ops.cast(index, "int32"), y_pred, from_logits=from_logits
-    )
+    ``Loss`` casts every label to its dtype). An index outside ``[0, classes)`` has no class:
+    it gives 0, as the crossentropy of its one-hot row of zeros does, where Keras's function
+    has no value (TensorFlow raises and JAX reads another class)."""
+    classes = y_pred.shape[-1]
+    valid = ops.logical_and(ops.greater_equal(index, 0), ops.less(index, classes))
+    safe = ops.cast(ops.where(valid, index, 0), "int32")
+    out = keras.losses.sparse_categorical_crossentropy(safe, y_pred, from_logits=from_logits)
+    return ops.where(valid, out, ops.zeros_like(out))
 
 
 def one_hot(index: Any, classes: int, dtype: str) -> Any:

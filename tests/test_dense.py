@@ -115,6 +115,26 @@ def test_cce_of_class_indices_is_keras_sparse_crossentropy():
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_class_index_out_of_range_has_no_class(mode):
+    # Keras's sparse crossentropy has no value there (TensorFlow raises); lossdsl reads the
+    # index as a row of zeros, whose crossentropy is 0, with no gradient.
+    index = np.array([0.0, 2.0, -1.0, 3.0, -2.0, 1.0], "float32")
+    logits = RNG.normal(size=(6, 3)).astype("float32")
+    loss = lossdsl.compile_loss(
+        "cce(cls, from_logits=true)", units={"cls": {"pred": [0, 3], "true": 0}}
+    )
+    per = np.asarray(traced(loss.call, mode)(tf.constant(index[:, None]), tf.constant(logits)))
+    valid = np.array([0, 1, 5])
+    want = keras.losses.sparse_categorical_crossentropy(
+        index[valid], logits[valid], from_logits=True
+    )
+    close(per[valid], want, rtol=1e-6)
+    assert (per[[2, 3, 4]] == 0).all()
+    _, g = value_and_grad(loss, index[:, None], logits, mode)
+    assert (g[[2, 3, 4]] == 0).all() and np.isfinite(g).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_per_sentence_token_loss_against_numpy(mode):
     index, logits = tokens()
     loss = lossdsl.compile_loss("mean(cce(tok, from_logits=true, ignore_class=-1))", units=TOKENS)
@@ -424,3 +444,10 @@ def test_an_example_level_loss_computes_in_float32_for_float16_inputs():
         keras.losses.binary_crossentropy(yt, yp.astype("float16").astype("float32")), axis=(1, 2)
     )
     close(got, want, rtol=2e-3)
+
+
+def test_the_retinanet_formula_has_no_lint():
+    # A condition on the class index of a class-index unit is not one on a probability.
+    lossdsl.validate(RETINA, units=RETINA_UNITS, strict=True)
+    with pytest.raises(LossValidationError, match="LD102"):
+        lossdsl.validate("mean(bce(m) where pred(m) > 1)", units={"m": 0}, strict=True)

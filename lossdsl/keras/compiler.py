@@ -23,6 +23,7 @@ of ``y_pred``'s dtype once they touch the data.
 from __future__ import annotations
 
 import enum
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -301,13 +302,11 @@ class Program:
         def run(ctx: Context) -> Value:
             # In float32, as counts are: float16 sums overflow past 65,504.
             x = ops.cast(ctx.positions(arg(ctx)), _wide(ctx.dtype))
-            if batch:
-                total = global_sum(ops.sum(x))
-                count = global_sum(ops.cast(ops.size(x), x.dtype))
-            else:
-                total = _example_total(x)
-                count = _example_total(ops.ones_like(x))
-            return ops.cast(ops.divide_no_nan(total, count) if mean else total, ctx.dtype)
+            total = _batch_total(x) if batch else _example_total(x)
+            if mean:
+                count = ops.cast(ops.size(x), x.dtype) if batch else _positions(x)
+                total = ops.divide_no_nan(total, global_sum(count) if batch else count)
+            return ops.cast(total, ctx.dtype)
 
         return run
 
@@ -326,9 +325,7 @@ class Program:
             # inexact past 256); over the global batch, or over each example inside mean().
             selected = ops.cast(m, "float32")
             if scope is Scope.MEAN:
-                scale = ops.divide_no_nan(
-                    _example_total(ops.ones_like(selected)), _example_total(selected)
-                )
+                scale = ops.divide_no_nan(_positions(selected), _example_total(selected))
                 scale = _spread(scale, len(value.shape))
             else:
                 count = global_sum(ops.sum(selected))
@@ -446,6 +443,15 @@ def _example_total(x: Any) -> Any:
     """``x`` summed over every axis but the first: one total per example."""
     axes = tuple(range(1, len(x.shape)))
     return ops.sum(x, axis=axes) if axes else x
+
+
+def _positions(x: Any) -> Any:
+    """How many positions each example of ``x`` has: a number when the shape is known when
+    the loss is traced, else counted, one per example."""
+    dims = tuple(x.shape)[1:]
+    if all(d is not None for d in dims):
+        return float(math.prod(dims))
+    return _example_total(ops.ones_like(x))
 
 
 def _batch_total(x: Any) -> Any:

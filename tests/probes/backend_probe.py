@@ -46,7 +46,9 @@ N = 16
 # (name, formula, options). Options: "where_mean", "params", "units" and "data":
 # "plain"; "nan" (NaN labels, every column but presence, where presence == 0);
 # "saturated" (presence predictions of exactly 0 and 1); "sequence" (the plain
-# data as (4, 4, 9): batch, time, units).
+# data as (4, 4, 9): batch, time, units); "examples" (the sequence data, with a
+# weight per example, for formulas of aggregates); "indices" (the same, with the
+# labels of cls, columns 6 to 8, as a class index in column 6: -2 to 2).
 CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("bce", "bce(presence)", {}),
     ("bce_logits_smooth", "bce(u0, from_logits=true, label_smoothing=0.1)", {}),
@@ -112,6 +114,35 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ),
     ("sequence", "bce(presence) + mse(loc) where true(presence) == 1", {"data": "sequence"}),
     ("width_from_y_pred", "mse(u[0:9]) + 0.1*huber(u8) where pred(u0) > 0.5", {"units": None}),
+    (
+        "aggregates",
+        "mean(bce(presence)) + sum(mse(loc) where true(presence) == 1)"
+        " + mean(huber(box) where true(presence) == 1, batch=true)"
+        " + divide_no_nan(sum(mae(loc)), sum(1 where pred(presence) > 2))",
+        {"data": "examples"},
+    ),
+    (
+        "example_where",
+        "mean(bce(presence)) where sum(true(presence)) > 1 + 0.5*mean(mse(loc), batch=true)",
+        {"data": "examples"},
+    ),
+    (
+        "dice_tversky",
+        "dice(cls) + tversky(cls, alpha=0.3, beta=0.7) + dice(presence, batch=true)",
+        {"data": "examples"},
+    ),
+    (
+        "class_indices",
+        "cce(ix, ignore_class=-1) + focal(ix, from_logits=true) + categorical_hinge(ix)"
+        " + focal_cce(ix) + mse(ix) where true(ix) != -2",
+        {"data": "indices", "units": {"ix": {"pred": [6, 9], "true": 6}}},
+    ),
+    (
+        "retinanet",
+        "divide_no_nan(sum(3*focal(ix, from_logits=true, alpha=0.25, gamma=2) where true(ix) != -2)"
+        " + sum(4*huber(box) where true(ix) >= 0), sum(1 where true(ix) >= 0))",
+        {"data": "indices", "units": {"box": [2, 6], "ix": {"pred": [6, 9], "true": 6}}},
+    ),
 ]
 
 
@@ -162,6 +193,13 @@ def case_inputs(
         y_true, y_pred = data["saturated_true"], data["saturated_pred"]
     elif which == "sequence":
         return y_true.reshape(4, 4, -1), y_pred.reshape(4, 4, -1), w.reshape(4, 4)
+    elif which in ("examples", "indices"):
+        y_true, y_pred = y_true.reshape(4, 4, -1).copy(), y_pred.reshape(4, 4, -1)
+        if which == "indices":
+            y_true[..., 6] = np.argmax(y_true[..., 6:], axis=-1)
+            y_true[0, :, 6] = [-2.0, -1.0, -1.0, -2.0]  # an example with no class to learn
+            y_true[2, 1, 6] = -1.0
+        return y_true, y_pred, w[:4]
     return y_true, y_pred, w
 
 
