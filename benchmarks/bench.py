@@ -8,9 +8,14 @@ alternating the two sides and quoting medians:
    and under ``jax.jit`` when jax is installed (in a subprocess: a process has
    one Keras backend); each beside its floor, the bytes it must read
    (``y_true`` and ``y_pred`` once) over the read bandwidth measured here;
-2. one ``model.fit`` epoch of a small MLP with each loss;
-3. the first call: tracing (graph) and tracing plus XLA compiling;
-4. the front end, in a process without Keras (``bench_validate.py``): a bare
+2. dense prediction (``bench_dense.py``): a RetinaNet loss (label layouts, aggregates over
+   each image's anchors, ``divide_no_nan``) against the keras-io example's loss, as written
+   there and NaN-safe, and a segmentation loss (``dice`` and a per-image ``mean``): the mean
+   loss under ``tf.function`` without and with XLA, and the loss with its gradient, with
+   the operations after Grappler by kind;
+3. one ``model.fit`` epoch of a small MLP with each loss;
+4. the first call: tracing (graph) and tracing plus XLA compiling;
+5. the front end, in a process without Keras (``bench_validate.py``): a bare
    Lark parse, the yardstick, and beside it ``parse``, the checks,
    ``validate`` on distinct formulas and from its cache, and ``check --stdin``,
    as rates and as ratios to the Lark parse's rate; then ``compile_loss`` (no
@@ -19,7 +24,9 @@ alternating the two sides and quoting medians:
 It prints one table and writes it to ``benchmarks/RESULTS.md`` with the date
 and the machine. Nothing here is a test: no figure here fails a build.
 
-    .venv/bin/python benchmarks/bench.py [--quick] [--no-write]
+    .venv/bin/python benchmarks/bench.py [--quick] [--no-write] [--dense]
+
+``--dense`` runs only the dense-prediction rows and prints them (RESULTS.md is left as it is).
 """
 
 from __future__ import annotations
@@ -33,13 +40,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import bench_validate  # beside this file, on the path of a script run
+import bench_dense  # beside this file, on the path of a script run
+import bench_validate
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -299,14 +308,7 @@ def _tf_evaluations(repeats: int) -> list[dict[str, Any]]:
                 mode = "eager"
             else:
                 mode = "tf.function, XLA" if jit else "tf.function, graph"
-                fns = {
-                    "lossdsl": tf.function(
-                        lambda t, p, f=loss.call: ops.mean(f(t, p)), jit_compile=jit
-                    ),
-                    "hand": tf.function(
-                        lambda t, p, f=case["hand"]: ops.mean(f(t, p)), jit_compile=jit
-                    ),
-                }
+                fns = _forward(loss.call, case["hand"], jit)
             times = alternate_times(
                 {k: (lambda f=f: f(y_true, y_pred).numpy()) for k, f in fns.items()}, repeats
             )
@@ -366,6 +368,98 @@ def _jax_evaluations(repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+DENSE_MODES = ("forward, graph", "forward, XLA", "loss + gradient, graph")
+
+
+def _dense_evaluations(repeats: int) -> list[dict[str, Any]]:
+    """The dense-prediction comparisons (``bench_dense``): the mean loss in graph mode and
+    under XLA, and the loss with its gradient w.r.t. ``y_pred`` in graph mode, each with
+    the operations after Grappler, by kind, where it runs as a graph."""
+    import tensorflow as tf
+
+    import lossdsl
+
+    rows = []
+    for case in bench_dense.cases():
+        arrays = case["data"]()
+        y_true, y_pred = (tf.constant(a) for a in arrays)
+        loss = lossdsl.compile_loss(case["formula"], units=case["units"])
+        _check_dense(case, loss, arrays)
+        at_least = arrays[1].size // 4  # "large": the logits, the pixels
+        for mode in DENSE_MODES:
+            if mode.startswith("forward"):
+                fns = _forward(loss.call, case["hand"], jit=mode.endswith("XLA"))
+                traced = {k: f.python_function for k, f in fns.items()}
+            else:
+                traced = {
+                    "lossdsl": _loss_and_gradient(loss),
+                    "hand": _loss_and_gradient(case["hand"]),
+                }
+                fns = {k: tf.function(f, autograph=False) for k, f in traced.items()}
+            calls, n = _calls(fns, y_true, y_pred)
+            times = {k: [t / n for t in v] for k, v in alternate_times(calls, repeats).items()}
+            q1, ratio, q3 = quartiles(paired_ratios(times))
+            kinds, large = {}, {}
+            if "graph" in mode:
+                for k, f in traced.items():
+                    kinds[k], large[k] = _op_kinds(f, y_true, y_pred, large=at_least)
+            rows.append(
+                {
+                    "section": "dense",
+                    "case": case["name"],
+                    "same": case["same"],
+                    "mode": mode,
+                    **{k: statistics.median(v) for k, v in times.items()},
+                    "ratio": ratio,
+                    "q1": q1,
+                    "q3": q3,
+                    "kinds": kinds,
+                    "large": large,
+                }
+            )
+    return rows
+
+
+def _calls(
+    fns: dict[str, Callable[..., Any]], *args: Any, at_least: float = 0.25
+) -> tuple[dict[str, Callable[[], Any]], int]:
+    """Each function called on ``args``, returning its first output (the loss) as NumPy so
+    that the call has run to its end; ``n`` times in a row (returned beside them), so that a
+    timed run lasts about ``at_least`` seconds or more: a shared machine's load changes from
+    one millisecond to the next. A run's time over ``n`` is a call's."""
+    import tensorflow as tf
+
+    def once(f: Callable[..., Any]) -> Any:
+        return tf.nest.flatten(f(*args))[0].numpy()
+
+    for f in fns.values():  # traced, and XLA-compiled, before the call timed below
+        once(f)
+    start = time.perf_counter()
+    once(fns["hand"])
+    n = max(1, round(at_least / (time.perf_counter() - start)))
+    return {k: (lambda f=f: [once(f) for _ in range(n)]) for k, f in fns.items()}, n
+
+
+def _check_dense(case: dict[str, Any], loss: Any, arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    """Before timing, once: lossdsl's value of each example is the hand-written loss's on
+    the benchmark data, within float32 rounding; and where the case has masks, a NaN or inf
+    in the inputs they drop leaves lossdsl's gradient finite, and the hand-written loss's
+    finite exactly when it is the NaN-safe one."""
+    import tensorflow as tf
+
+    got, want = (np.asarray(f(*arrays)) for f in (loss.call, case["hand"]))
+    assert got.shape == want.shape, (case["name"], got.shape, want.shape)
+    assert np.allclose(got, want, rtol=1e-5, atol=0), (case["name"], got, want)
+    if case.get("poisoned") is None:
+        return
+    t, p = (tf.constant(a) for a in case["poisoned"](*arrays))
+    finite = {
+        k: bool(np.all(np.isfinite(np.asarray(_loss_and_gradient(f)(t, p)[1]))))
+        for k, f in (("lossdsl", loss), ("hand", case["hand"]))
+    }
+    assert finite == {"lossdsl": True, "hand": case["same"]}, (case["name"], finite)
+
+
 def _fit_epochs(repeats: int) -> list[dict[str, Any]]:
     import keras
 
@@ -414,15 +508,26 @@ def _fit_cases() -> list[dict[str, Any]]:
     return [c for c in _evaluation_cases() if not c.get("eager")]
 
 
-def _step_ops(loss: Callable[..., Any]) -> int | None:
-    """Operations TensorFlow runs for the loss and its gradient in a training
-    step at the fit's batch size (see ``_grappler_ops``)."""
+def _forward(lossdsl_fn: Callable[..., Any], hand_fn: Callable[..., Any], jit: bool) -> Any:
+    """Each side's mean loss under ``tf.function``, with XLA when ``jit``."""
+    import tensorflow as tf
+    from keras import ops
+
+    return {
+        "lossdsl": tf.function(lambda t, p: ops.mean(lossdsl_fn(t, p)), jit_compile=jit),
+        "hand": tf.function(lambda t, p: ops.mean(hand_fn(t, p)), jit_compile=jit),
+    }
+
+
+def _loss_and_gradient(loss: Callable[..., Any]) -> Callable[[Any, Any], Any]:
+    """A training step's loss part, ``(t, p) -> (loss, its gradient w.r.t. p)``, for a
+    ``keras.losses.Loss`` or a function (wrapped as ``model.compile(loss=fn)`` wraps it)."""
     import keras
     import tensorflow as tf
     from keras.src.losses.losses import LossFunctionWrapper
 
     if not isinstance(loss, keras.losses.Loss):
-        loss = LossFunctionWrapper(loss)  # what model.compile(loss=fn) makes of a function
+        loss = LossFunctionWrapper(loss)
 
     def step(t: Any, p: Any) -> Any:
         with tf.GradientTape() as tape:
@@ -430,15 +535,23 @@ def _step_ops(loss: Callable[..., Any]) -> int | None:
             value = loss(t, p)
         return value, tape.gradient(value, p)
 
+    return step
+
+
+def _step_ops(loss: Callable[..., Any]) -> int | None:
+    """Operations TensorFlow runs for the loss and its gradient in a training
+    step at the fit's batch size (see ``_grappler_ops``)."""
+    import tensorflow as tf
+
     y_true, y_pred = (tf.constant(a) for a in _data(FIT_BATCH, seed=3))
-    return _grappler_ops(step, y_true, y_pred)
+    return _grappler_ops(_loss_and_gradient(loss), y_true, y_pred)
 
 
-def _grappler_ops(fn: Callable[..., Any], *args: Any) -> int | None:
-    """How many operations TensorFlow runs for ``tf.function(fn)(*args)``: the
-    traced graph after Grappler, the optimiser every ``tf.function`` call goes
-    through (constant folding, pruning, merging). Exact, whatever the
-    machine's load; ``None`` where the private API it uses is missing."""
+def _grappler_graph(fn: Callable[..., Any], *args: Any) -> tuple[Any, Any] | None:
+    """The graph TensorFlow runs for ``tf.function(fn)(*args)``: the traced graph after
+    Grappler, the optimiser every ``tf.function`` call goes through (constant folding,
+    pruning, merging), beside the traced graph itself; ``None`` where the private API it
+    uses is missing."""
     import tensorflow as tf
 
     try:
@@ -450,7 +563,33 @@ def _grappler_ops(fn: Callable[..., Any], *args: Any) -> int | None:
     graph = concrete.graph
     meta = tf.compat.v1.train.export_meta_graph(graph_def=graph.as_graph_def(), graph=graph)
     meta.collection_def["train_op"].node_list.value.extend(t.name for t in concrete.outputs)
-    return len(tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta).node)
+    return tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta), graph
+
+
+def _grappler_ops(fn: Callable[..., Any], *args: Any) -> int | None:
+    """How many operations TensorFlow runs for ``tf.function(fn)(*args)`` (see
+    ``_grappler_graph``). Exact, whatever the machine's load."""
+    graphs = _grappler_graph(fn, *args)
+    return None if graphs is None else len(graphs[0].node)
+
+
+def _op_kinds(fn: Callable[..., Any], *args: Any, large: int) -> tuple[Counter[str], Counter[str]]:
+    """The operations of ``_grappler_graph`` counted by type (``Mul``, ``SelectV2``, ...):
+    all of them, and those whose output has at least ``large`` values (by its shape in the
+    traced graph; a node that Grappler made anew counts in the first only)."""
+    graphs = _grappler_graph(fn, *args)
+    if graphs is None:
+        return Counter(), Counter()
+    optimised, traced = graphs
+    sizes = {}
+    for op in traced.get_operations():
+        if op.outputs and op.outputs[0].shape.is_fully_defined():
+            sizes[op.name] = op.outputs[0].shape.num_elements()
+    nodes = optimised.node
+    return (
+        Counter(node.op for node in nodes),
+        Counter(node.op for node in nodes if sizes.get(node.name, 0) >= large),
+    )
 
 
 def _loss_step_extra(case: dict[str, Any], repeats: int, calls: int = 400) -> float:
@@ -459,18 +598,12 @@ def _loss_step_extra(case: dict[str, Any], repeats: int, calls: int = 400) -> fl
     in ``fit``. The median over rounds of the difference of two runs of
     ``calls`` calls made side by side; what both pay (the call itself) cancels."""
     import tensorflow as tf
-    from keras.src.losses.losses import LossFunctionWrapper
 
     y_true_np, y_pred_np = _data(FIT_BATCH, seed=3)
     y_true, y_pred = tf.constant(y_true_np), tf.constant(y_pred_np)
 
     def loss_and_gradient(loss: Callable[..., Any]) -> Callable[[], Any]:
-        @tf.function(autograph=False)
-        def step(t: Any, p: Any) -> Any:
-            with tf.GradientTape() as tape:
-                tape.watch(p)
-                value = loss(t, p)
-            return tape.gradient(value, p)
+        step = tf.function(_loss_and_gradient(loss), autograph=False)
 
         def run() -> None:
             for _ in range(calls):
@@ -478,11 +611,7 @@ def _loss_step_extra(case: dict[str, Any], repeats: int, calls: int = 400) -> fl
 
         return run
 
-    fns = {
-        "lossdsl": loss_and_gradient(_loss_of(case)),
-        # What model.compile(loss=fn) makes of a function.
-        "hand": loss_and_gradient(LossFunctionWrapper(case["hand"])),
-    }
+    fns = {"lossdsl": loss_and_gradient(_loss_of(case)), "hand": loss_and_gradient(case["hand"])}
     times = alternate_times(fns, repeats)
     return statistics.median(
         (a - b) / calls for a, b in zip(times["lossdsl"], times["hand"], strict=True)
@@ -631,6 +760,7 @@ def report(rows: list[dict[str, Any]]) -> str:
                 f"{r['ratio']:.3f} | {ops} | {r['lossdsl'] / r['floor']:.1f} | "
                 f"{r['hand'] / r['floor']:.1f} |"
             )
+    lines += ["", *_dense_report(rows)]
     lines += [
         "",
         "## One `model.fit` epoch (32,768 rows, batch 256, MLP 16-64-8)",
@@ -695,15 +825,160 @@ def report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DENSE_TARGET = 1.05
+"""The target for a dense row where the two sides compute the same thing: a ratio of at
+most this, and the same operation count after Grappler."""
+
+
+def _dense_report(rows: list[dict[str, Any]]) -> list[str]:
+    dense = [r for r in rows if r["section"] == "dense"]
+    images, anchors = bench_dense.RETINA_SHAPE
+    lines = [
+        "## Dense prediction: label layouts and aggregates",
+        "",
+        f"*RetinaNet*: batch {images}, {anchors:,} anchors, {bench_dense.RETINA_CLASSES} "
+        f"classes; `y_true` ({images}, {anchors}, 5): 4 box targets and a class id (-1 "
+        f"background, -2 ignored, else the class; {bench_dense.RETINA_POSITIVE:.0%} positive, "
+        f"{bench_dense.RETINA_IGNORED:.0%} ignored), `y_pred` ({images}, {anchors}, "
+        f"{4 + bench_dense.RETINA_CLASSES}): 4 box predictions and the logits. The formula, "
+        f"with `units={bench_dense.RETINA_UNITS}`:",
+        "",
+        f"    {bench_dense.RETINA_FORMULA}",
+        "",
+        "By hand, the loss of the keras-io RetinaNet example in `keras.ops` "
+        "(`benchmarks/bench_dense.py`), twice: *keras-io* as it is written there (the masks "
+        "multiply the loss values: a NaN or inf in a masked anchor's inputs reaches the "
+        "gradient, so it computes something other than the formula, as the checks below "
+        "show), and *NaN-safe*: each term's masked anchors have their inputs replaced before "
+        "the term is computed and the term selected with `where` after, as lossdsl does, with "
+        "the formula's one division; that one computes the same thing. *Segmentation*: "
+        f"`y` {bench_dense.SEG_SHAPE} (0/1 masks, sigmoid probabilities), "
+        f"`{bench_dense.SEG_FORMULA}` with `units={bench_dense.SEG_UNITS}`, against "
+        "`keras.losses.dice(y_true, y_pred, axis=(1, 2, 3)) + keras.ops.mean("
+        "keras.losses.binary_crossentropy(y_true, y_pred), axis=(1, 2))`.",
+        "",
+        "Before timing, once: lossdsl's loss of each example equals the hand-written one's on "
+        "this data within float32 rounding (rtol 1e-5), and with NaN and inf in what the masks "
+        "drop (2,000 anchors of one image) lossdsl's gradient and the NaN-safe loss's are "
+        "finite, keras-io's is not. *Forward*: the mean loss; *loss + gradient*: the mean "
+        "loss and its gradient w.r.t. `y_pred` (a training step's loss part), under "
+        "`tf.function`. Ratio: the median of the rounds' lossdsl / by hand, the quartiles "
+        "beside it. *Ops*: the operations after Grappler, lossdsl / by hand; *large*: those of "
+        "them whose output has at least a quarter as many values as `y_pred` (the logits' "
+        "(8, 50000, 80), the masks' pixels), the ones that take the time.",
+        "",
+        "| case | mode | lossdsl | by hand | ratio | quartiles | ops | large |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in dense:
+        ops, large = _op_counts(r, "kinds"), _op_counts(r, "large")
+        lines.append(
+            f"| {r['case']} | {r['mode']} | {_ms(r['lossdsl'])} | {_ms(r['hand'])} | "
+            f"{r['ratio']:.3f} | {r['q1']:.3f} to {r['q3']:.3f} | "
+            f"{'' if ops is None else f'{ops[0]} / {ops[1]}'} | "
+            f"{'' if large is None else f'{large[0]} / {large[1]}'} |"
+        )
+    return [*lines, "", *_dense_verdict(dense), "", *DENSE_WHY]
+
+
+def _op_counts(row: dict[str, Any], key: str) -> tuple[int, int] | None:
+    kinds = row.get(key)
+    if not kinds or not kinds["hand"]:
+        return None
+    return sum(kinds["lossdsl"].values()), sum(kinds["hand"].values())
+
+
+def _kind_diff(a: Counter[str], b: Counter[str]) -> str:
+    """``+n Kind`` for what ``a`` runs more, ``-n Kind`` for what ``b`` runs more."""
+
+    def most_first(c: Counter[str]) -> list[tuple[str, int]]:
+        return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    return ", ".join(
+        [f"+{n} {k}" for k, n in most_first(a - b)] + [f"-{n} {k}" for k, n in most_first(b - a)]
+    )
+
+
+def _dense_verdict(dense: list[dict[str, Any]]) -> list[str]:
+    """Whether the targets are met, and where the operation counts differ, by kind."""
+    met, missed = [], []
+    for r in (r for r in dense if r["same"]):
+        ops = _op_counts(r, "kinds")
+        why = []
+        if r["ratio"] > DENSE_TARGET:
+            why.append(f"ratio {r['ratio']:.3f}")
+        if ops is not None and ops[0] != ops[1]:
+            why.append(f"{ops[0]} / {ops[1]} ops")
+        where = f"{r['case']}, {r['mode']}"
+        (missed if why else met).append(f"{where} ({', '.join(why)})" if why else where)
+    lines = [
+        f"**Targets** (where the two compute the same thing, the NaN-safe RetinaNet and the "
+        f"segmentation: a ratio of at most {DENSE_TARGET}, and the same operation count after "
+        f"Grappler): {'met' if not missed else 'not met'} in this run. "
+        f"Met: {'; '.join(met) or 'none'}. Not met: {'; '.join(missed) or 'none'}.",
+        "",
+        "The operations after Grappler by kind, where the counts differ: + for what lossdsl "
+        "runs more, - for what the hand-written loss runs more; all of them, then the large.",
+        "",
+    ]
+    for r in dense:
+        ops, large = _op_counts(r, "kinds"), _op_counts(r, "large")
+        if ops is None or ops[0] == ops[1]:
+            continue
+        lines.append(
+            f"* {r['case']}, {r['mode']}: all ({ops[0]} / {ops[1]}): "
+            f"{_kind_diff(r['kinds']['lossdsl'], r['kinds']['hand'])}; large ({large[0]} / "
+            f"{large[1]}): {_kind_diff(r['large']['lossdsl'], r['large']['hand']) or 'none'}."
+        )
+    return lines
+
+
+DENSE_WHY = [
+    "Where lossdsl's extra operations come from, read from the two graphs "
+    "(`lossdsl/kernels.py`, `lossdsl/keras/context.py`, `lossdsl/keras/compiler.py`):",
+    "",
+    "* RetinaNet, on the logits (the large ones): lossdsl's `focal` is Keras's "
+    "`binary_focal_crossentropy` (`kernels.focal_column`): it computes `1 - p_t` and the "
+    "class weight arithmetically from the labels, `t + p (1 - 2t)` and "
+    "`(1 - a) + t (2a - 1)` (Mul and AddV2), which soft labels and label smoothing need, "
+    "where keras-io selects with `where(t == 1, ...)` (an Equal and SelectV2) and squares "
+    "with SquaredDifference: two operations more on the logits in the forward pass. With the "
+    "gradient lossdsl runs fewer large operations than the hand-written loss (it has no "
+    "Pow, Neg or AddN there). Under XLA these fuse into the loops that read the logits.",
+    "* RetinaNet, per anchor (small): `80*focal(...)` and `4*huber(box)` are a Mean over the "
+    "unit's columns times a number (the catalogue's losses are Keras's means), where "
+    "keras-io takes a Sum (Mean for Sum, and a Mul each); `keras.losses.huber` computes "
+    "`delta * |e| - 0.5 delta^2` with delta = 1 as a tensor, which Grappler does not fold (a "
+    "Mul; LessEqual for keras-io's Less); `sum(1 where c)` selects 1 or 0 (SelectV2) where by "
+    "hand casts the mask (Cast); the rest are constants.",
+    "* Segmentation: the one-column unit `mask` is read as each input squeezed (a Squeeze, a "
+    "reshape that copies nothing; `Context.column`), for `mean(bce(mask))`, and as the "
+    "input itself for `dice(mask)`. `mean(bce(mask))` is a Sum and a DivNoNan of 32 values, "
+    "where by hand takes two Means (Keras's mean over the one-unit axis, a pass over every "
+    "pixel, and the mean over the pixels): lossdsl runs one large reduction less.",
+]
+"""The reading of the differences ``_dense_verdict`` lists (static text: the counts above are
+measured, this is what the graphs showed when it was written)."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--jax-part", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--dense",
+        action="store_true",
+        help="only the dense-prediction rows, printed (RESULTS.md is left as it is)",
+    )
     args = ap.parse_args()
     repeats = 5 if args.quick else 21
+    dense_repeats = 3 if args.quick else 5  # seconds a call: fewer rounds
     if args.jax_part:
         print(json.dumps(_jax_evaluations(repeats)))
+        return
+    if args.dense:
+        print("\n".join(_dense_report(_dense_evaluations(dense_repeats))))
         return
     rows = _tf_evaluations(repeats)
     try:
@@ -717,6 +992,7 @@ def main() -> None:
         floor = min(r["seconds"] for r in rows if r["section"] == "bandwidth")
         # One floor for the machine: the best read measured (JAX's CPU sum is slower).
         rows += [{**r, "floor": floor} for r in json.loads(done.stdout.strip().splitlines()[-1])]
+    rows += _dense_evaluations(dense_repeats)
     rows += _fit_epochs(3 if args.quick else 21)
     rows += _first_calls(3 if args.quick else 7)
     rows += _front_end(args.quick)

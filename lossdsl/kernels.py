@@ -102,17 +102,21 @@ def focal_column(
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
     prob = ops.sigmoid(y_pred) if from_logits else y_pred
-    bce = ops.binary_crossentropy(y_true, y_pred, from_logits=from_logits)
-    base = 1.0 - (y_true * prob + (1.0 - y_true) * (1.0 - prob))
-    if gamma == 0:
-        factor = ops.ones_like(base)
-    else:
+    out = ops.binary_crossentropy(y_true, y_pred, from_logits=from_logits)
+    # 1 - p_t, where p_t = t p + (1 - t)(1 - p) is the probability of the label: t + p (1 - 2t).
+    base = y_true + prob * (1.0 - 2.0 * y_true)
+    if gamma == 2:
+        out = ops.square(base) * out
+    elif float(gamma).is_integer() and gamma > 0:
+        out = ops.power(base, gamma) * out
+    elif gamma != 0:
+        # base ** gamma has an infinite derivative at 0 for gamma < 1, and no real value a
+        # rounding below 0: the double where keeps both out of the value and the gradient.
         positive = ops.greater(base, 0.0)
-        safe = ops.where(positive, base, 1.0)  # the double where: no 0 ** gamma in the gradient
-        factor = ops.where(positive, ops.power(safe, gamma), 0.0)
-    out = factor * bce
-    if alpha is not None:
-        out = out * (y_true * alpha + (1.0 - y_true) * (1.0 - alpha))
+        safe = ops.where(positive, base, 1.0)
+        out = ops.where(positive, ops.power(safe, gamma), 0.0) * out
+    if alpha is not None:  # t alpha + (1 - t)(1 - alpha)
+        out = out * ((1.0 - alpha) + y_true * (2.0 * alpha - 1.0))
     return out
 
 

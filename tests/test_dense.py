@@ -405,11 +405,12 @@ def test_term_metric_of_an_example_level_term_is_the_dataset_mean_of_its_values(
         ("mse(x)", "x differ in width: 2 columns of y_true against 3", "x"),
         ("mse(w)", "unit 'w' has no pred side", "w"),
         ("pred(w) + 0", "unit 'w' has no pred side", "w"),
+        ("true(v) + 0", "unit 'v' has no true side", "v"),
         ("sum()", "sum() takes one argument", "sum()"),
     ],
 )
 def test_levels_and_layouts_are_checked_with_a_caret(formula, message, at):
-    units = {"x": {"true": [0, 2], "pred": [2, 5]}, "w": {"true": 5}}
+    units = {"x": {"true": [0, 2], "pred": [2, 5]}, "w": {"true": 5}, "v": {"pred": 5}}
     if message is None:
         lossdsl.validate(formula, units=units)
         return

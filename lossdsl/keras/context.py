@@ -108,7 +108,8 @@ class Context:
         """The same inputs, read with the positions where ``m`` is false replaced by a safe
         value (only the columns the term reads are touched). A per-example ``m`` masks every
         position of its example; inside another where-term, both masks apply."""
-        m = ops.logical_and(self.all_true, _spread(m, len(self.sample_shape)))
+        if isinstance(m, bool) or tuple(m.shape) != self.sample_shape:
+            m = ops.logical_and(self.all_true, _spread(m, len(self.sample_shape)))
         if self.mask is not None:
             m = ops.logical_and(self.mask, m)
         return Context(self.y_true, self.y_pred, self.dtype, self.params, mask=m, parent=self)
@@ -118,9 +119,17 @@ class Context:
         key = (pred, start, stop)
         if key not in self._raw:
             y = self.y_pred if pred else self.y_true
-            # An integer index, not start:start + 1: TensorFlow's kernel for a
-            # shrinking strided slice is several times faster in graph mode.
-            self._raw[key] = y[..., start] if stop == -1 else y[..., start:stop]
+            width = y.shape[-1]
+            if stop == -1 and width == 1:
+                # The one column of y is y reshaped, where a slice copies it (and the slice's
+                # gradient writes a tensor of y's size).
+                self._raw[key] = ops.squeeze(y, axis=-1)
+            elif stop == -1:
+                # An integer index, not start:start + 1: TensorFlow's kernel for a
+                # shrinking strided slice is several times faster in graph mode.
+                self._raw[key] = y[..., start]
+            else:
+                self._raw[key] = y if (start, stop) == (0, width) else y[..., start:stop]
         return self._raw[key]
 
     def column(self, pred: bool, index: int) -> Any:
@@ -137,7 +146,8 @@ class Context:
         """``y_pred[..., start:stop]`` (or ``y_true``), sanitised inside a where-term."""
         key = (pred, start, stop)
         if key not in self._columns:
-            if stop - start == 1:
+            width = (self.y_pred if pred else self.y_true).shape[-1]
+            if stop - start == 1 and width != 1:
                 x = ops.expand_dims(self.column(pred, start), -1)
             else:
                 x = self._slice(pred, start, stop)
