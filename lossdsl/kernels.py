@@ -174,8 +174,7 @@ def sparse_cce(index: Any, y_pred: Any, from_logits: bool = False) -> Any:
     ``Loss`` casts every label to its dtype). An index outside ``[0, classes)`` has no class:
     it gives 0, as the crossentropy of its one-hot row of zeros does, where Keras's function
     has no value (TensorFlow raises and JAX reads another class)."""
-    classes = y_pred.shape[-1]
-    valid = ops.logical_and(ops.greater_equal(index, 0), ops.less(index, classes))
+    valid = _names_a_class(index, y_pred.shape[-1])
     safe = ops.cast(ops.where(valid, index, 0), "int32")
     out = keras.losses.sparse_categorical_crossentropy(safe, y_pred, from_logits=from_logits)
     return ops.where(valid, out, ops.zeros_like(out))
@@ -183,8 +182,15 @@ def sparse_cce(index: Any, y_pred: Any, from_logits: bool = False) -> Any:
 
 def one_hot(index: Any, classes: int, dtype: str) -> Any:
     """The one-hot rows of class indices held as floats; an index outside ``[0, classes)``
-    gives a row of zeros, as ``keras.ops.one_hot`` does."""
-    return ops.one_hot(ops.cast(index, "int32"), classes, dtype=dtype)
+    gives a row of zeros, as ``keras.ops.one_hot`` does (tested here before the cast to int,
+    which would take -0.5 for class 0, so that every loss agrees with ``sparse_cce``)."""
+    valid = _names_a_class(index, classes)
+    return ops.one_hot(ops.cast(ops.where(valid, index, -1), "int32"), classes, dtype=dtype)
+
+
+def _names_a_class(index: Any, classes: int) -> Any:
+    """Where a class index, held as a float, lies in ``[0, classes)``."""
+    return ops.logical_and(ops.greater_equal(index, 0), ops.less(index, classes))
 
 
 def dice(y_true: Any, y_pred: Any, total: Callable[[Any], Any]) -> Any:

@@ -18,8 +18,8 @@ example-level losses. A formula with an aggregate returns one value per example.
 Units. A ``units`` entry is an index or ``[start, stop]`` (both sides), or
 ``{"pred": S, "true": S}``; a unit whose true side is one column and whose pred side ``k >= 2``
 columns holds class indices: ``cce`` on it is the sparse crossentropy, every other loss compares
-the predictions with ``one_hot(index, k)`` (a row of zeros for an index outside ``[0, k)``), and
-``cce(u, ignore_class=c)`` is ``cce(u) where true(u) != c``.
+the predictions with ``one_hot(index, k)``; an index outside ``[0, k)`` has no class (a row of
+zeros, whose ``cce`` is 0). ``cce(u, ignore_class=c)`` is ``cce(u) where true(u) != c``.
 
 ``T where C``:
 
@@ -310,12 +310,13 @@ def sparse_cce(index: V, p: V, *, from_logits: bool = False) -> V:
     """``sparse_categorical_crossentropy``: ``-log softmax(x)[index]`` of the logits, or of
     ``log(clip(p, eps, 1 - eps))`` for probabilities (TensorFlow takes the clipped logarithms as
     logits, so the probabilities are normalised after the clip, unlike ``cce``'s). An index
-    outside ``[0, k)`` is NaN here, as on a GPU (TensorFlow's CPU kernel raises an error)."""
+    outside ``[0, k)`` has no class: 0, the crossentropy of its row of zeros (Keras's function
+    has no value there: TensorFlow raises)."""
     t = one_hot(index, p.v.shape[-1])
     logits = p if from_logits else v_log(v_clip(p, EPS, EPS_HI))
     out = -v_sum(t * _log_softmax(logits))
     valid = np.sum(t.v, axis=-1) == 1
-    return V(np.where(valid, out.v, np.nan), np.where(valid, out.e, np.nan))
+    return V(np.where(valid, out.v, 0.0), np.where(valid, out.e, 0.0))
 
 
 def focal(
@@ -550,6 +551,14 @@ class Result:
     over positions, and with the masks of the where-terms around it."""
     example: bool = False
     """Whether the formula gives one value per example."""
+    hidden: np.ndarray | None = None
+    """The samples (as ``per_sample``) whose value hides a NaN: ``divide_no_nan(a, 0)`` is 0
+    even where ``a`` is NaN, but its gradient is not finite there."""
+    kinks: np.ndarray | None = None
+    """The samples (as ``per_sample``) where an automatic derivative can differ from the
+    oracle's: a tie between the operands of ``min``, ``max`` or ``clip`` (a kink, where it
+    takes one side), or a saturated ``sigmoid`` or ``tanh`` (float32 computes its derivative
+    from its output, with few digits)."""
 
     def tolerance(self, rtol: float, k: float = 32.0, atol: float = 1e-30) -> np.ndarray:
         """Per-sample tolerance: ``rtol`` relative, widened to ``k`` times the error bound."""
@@ -656,6 +665,8 @@ class Oracle:
         self._reads: list[Any] = []
         self._frozen = masks
         self._ambiguous = np.zeros(self._shape, bool)
+        self._hidden = np.zeros(self._shape, bool)
+        self._kinks = np.zeros(self._shape, bool)
         self._widths = y_true.shape[-1], y_pred.shape[-1]
         with np.errstate(all="ignore"):
             ctx = _Ctx(V.exact(y_true), V.exact(y_pred), np.ones(self._shape, bool))
@@ -670,6 +681,10 @@ class Oracle:
             value_err = float(
                 (np.sum(np.abs(w) * err) + np.sum(np.abs(weighted)) * n) / n + abs(value)
             )
+            hidden, kinks = self._hidden, self._kinks
+            if self.example:
+                hidden = hidden.reshape(shape[0], -1).any(axis=1)
+                kinks = kinks.reshape(shape[0], -1).any(axis=1)
         return Result(
             per,
             err,
@@ -679,6 +694,8 @@ class Oracle:
             list(self._masks),
             list(self._reads),
             self.example,
+            hidden,
+            kinks,
         )
 
     # -- shapes ---------------------------------------------------------------------------------
@@ -758,10 +775,22 @@ class Oracle:
             assert cols is not None and cols[1] == cols[0] + 1
             return V(y.v[..., cols[0]], y.e[..., cols[0]])
         if node.name in MATH:
-            return MATH[node.name](*(self._eval(a, ctx, scope) for a in node.args))
+            args = [self._eval(a, ctx, scope) for a in node.args]
+            out = MATH[node.name](*args)
+            level = self._levels[id(node)]
+            if level == CONSTANT:
+                return out
+            if node.name in ("min", "max", "clip"):  # a tie is a kink
+                for b in args[1:]:
+                    self._kinks |= self._spread(args[0].v == b.v, level)
+            elif node.name in ("sigmoid", "tanh"):
+                # float32's derivative is 1 - y**2 or y (1 - y) of the output y: few digits
+                # where y is within 1e-4 of 1 (or -1)
+                self._kinks |= self._spread(1 - np.abs(out.v) < 1e-4, level)
+            return out
         if node.name == "divide_no_nan":
             a, b = (self._eval(x, ctx, scope) for x in node.args)
-            return self._divide_no_nan(a, b, self._levels[id(node.args[1])])
+            return self._divide_no_nan(a, b, ctx, node)
         if node.name in AGGREGATES:
             return self._aggregate(node, ctx)
         binding = self._resolve(node.args[0])
@@ -806,13 +835,16 @@ class Oracle:
             return V.exact(np.zeros_like(total.v))
         return v_divide(total, V.const(count))
 
-    def _divide_no_nan(self, a: V, b: V, level: int) -> V:
-        """``a / b``, and 0 where ``b == 0``; a ``b`` within its bound of 0 could be 0 or not
-        in float32, which is ambiguous."""
+    def _divide_no_nan(self, a: V, b: V, ctx: _Ctx, node: ast.Call) -> V:
+        """``a / b``, and 0 where ``b == 0``, even where ``a`` is NaN (as TensorFlow's); that
+        NaN is noted in ``Result.hidden``. A ``b`` within its bound of 0 could be 0 or not in
+        float32, which is ambiguous."""
         q = v_divide(a, b)
         close = (b.e > 0) & (np.abs(b.v) <= AMBIGUITY * U * b.e)
-        self._ambiguous |= self._spread(close, level)
+        self._ambiguous |= self._spread(close, self._levels[id(node.args[1])])
         zero = b.v == 0
+        hidden = zero & ~np.isfinite(a.v)
+        self._hidden |= self._spread(hidden, self._levels[id(node)]) & ctx.keep
         return V(np.where(zero, 0.0, q.v), np.where(zero, 0.0, q.e))
 
     def _select(
