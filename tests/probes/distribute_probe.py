@@ -45,21 +45,33 @@ CASES: dict[str, tuple[str | None, int, int, bool, str]] = {
     "where": ("bce(u0) + mse(u1) where true(u0) == 1", 12, 12, False, "rows"),
     "where+weights": ("bce(u0) + mse(u1) where true(u0) == 1", 12, 12, True, "rows"),
     "where+params": (
-        "alpha*bce(u0) + (1 - alpha)*mse(u1) where pred(u0) > 0.5", 12, 12, False, "rows"
+        "alpha*bce(u0) + (1 - alpha)*mse(u1) where pred(u0) > 0.5",
+        12,
+        12,
+        False,
+        "rows",
     ),
     "uneven": ("bce(u0) + mse(u1) where true(u0) == 1", 15, 6, True, "rows"),
     # Dense prediction: (batch, positions, 1) masks.
     "dice batch-wide": ("dice(mask, batch=true)", 16, 8, False, "masks"),
     "dice per example + mean bce": ("dice(mask) + mean(bce(mask))", 16, 8, True, "masks"),
     "batch-wide mean of a where, uneven": (
-        "mean(bce(mask) where true(mask) == 1, batch=true) + mean(mse(mask))", 15, 6, True, "masks"
+        "mean(bce(mask) where true(mask) == 1, batch=true) + mean(mse(mask))",
+        15,
+        6,
+        True,
+        "masks",
     ),
     "Keras's Dice": (None, 16, 8, False, "masks"),
 }
 if BACKEND == "jax":  # DataParallel needs every batch divisible by the device count
     CASES["uneven"] = ("bce(u0) + mse(u1) where true(u0) == 1", 16, 8, True, "rows")
     CASES["batch-wide mean of a where, uneven"] = (
-        "mean(bce(mask) where true(mask) == 1, batch=true) + mean(mse(mask))", 16, 8, True, "masks"
+        "mean(bce(mask) where true(mask) == 1, batch=true) + mean(mse(mask))",
+        16,
+        8,
+        True,
+        "masks",
     )
 
 rng = np.random.default_rng(3)
@@ -86,8 +98,9 @@ def _model(data: str) -> keras.Model:
 
 
 def train(
-    formula: str | None, n: int, batch: int, weights: bool, data: str, scope: Callable[[], Any]
+    case: tuple[str | None, int, int, bool, str], scope: Callable[[], Any]
 ) -> list[np.ndarray]:
+    formula, n, batch, weights, data = case
     with scope():
         model = _model(data)
         if formula is None:
@@ -107,7 +120,7 @@ def train(
 
 
 def main() -> None:
-    single = {k: train(*c, contextlib.nullcontext) for k, c in CASES.items()}
+    single = {k: train(c, contextlib.nullcontext) for k, c in CASES.items()}
     if BACKEND == "jax":
         devices = keras.distribution.list_devices()
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
@@ -119,7 +132,7 @@ def main() -> None:
         replicas = strategy.num_replicas_in_sync
     result = {"replicas": replicas}
     for k, c in CASES.items():
-        dist = train(*c, scope)
+        dist = train(c, scope)
         result[k] = max(float(np.max(np.abs(a - b))) for a, b in zip(single[k], dist, strict=True))
     print(json.dumps(result))
 
