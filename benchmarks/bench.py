@@ -19,7 +19,10 @@ alternating the two sides and quoting medians:
    Lark parse, the yardstick, and beside it ``parse``, the checks,
    ``validate`` on distinct formulas and from its cache, and ``check --stdin``,
    as rates and as ratios to the Lark parse's rate; then ``compile_loss`` (no
-   tracing) and the import time of ``lossdsl`` alone.
+   tracing) and the import time of ``lossdsl`` alone;
+6. hostile input (``bench_hostile.py``, in a process without Keras): the CPU time of every
+   case of ``tests/cases/hostile/`` through every entry point, the peak memory of the memory
+   cases, and what the caches hold when full.
 
 It prints one table and writes it to ``benchmarks/RESULTS.md`` with the date
 and the machine. Nothing here is a test: no figure here fails a build.
@@ -696,6 +699,12 @@ def _front_end(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _hostile(quick: bool) -> str:
+    """The section ``bench_hostile.py`` prints, run in a process of its own (without Keras)."""
+    cmd = [sys.executable, str(HERE / "bench_hostile.py"), "--repeats", "3" if quick else "5"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
 # -- the report -----------------------------------------------------------------------------
 
 
@@ -1002,7 +1011,7 @@ def main() -> None:
         "Medians; the two sides of each comparison alternate in one run. "
         "Ratio is lossdsl / by hand (below 1: lossdsl is faster), the median of the "
         "ratios of calls made side by side. "
-        "Regenerate with `make bench`.\n\n" + report(rows)
+        "Regenerate with `make bench`.\n\n" + report(rows) + "\n" + _hostile(args.quick)
     )
     print(text)
     if not args.no_write:

@@ -78,7 +78,7 @@ def formulas(n: int, salt: int) -> list[str]:
 
 def clear_caches() -> None:
     """Forget every parsed and every validated formula."""
-    parser._parse_cached.cache_clear()
+    parser.clear_cache()
     validation.clear_cache()
 
 

@@ -58,8 +58,9 @@ CONTEXTS: list[dict[str, Any]] = [
 ]
 """The ``validate`` arguments each input is checked with (all of them valid)."""
 
-SPANLESS_CODES = frozenset({"LD103", "LD104"})
-"""Lints about the ``units`` / ``params`` arguments: they have no text to point at."""
+SPANLESS_CODES = frozenset({"LD100", "LD103", "LD104"})
+"""Lints with no text to point at: about the ``units`` / ``params`` arguments, and the one that
+counts the lints not shown."""
 
 SEEDS = [
     "0.7*bce(presence) + 0.3*mse(loc) where true(presence) == 1",
@@ -112,7 +113,7 @@ def _inside(err: LossDSLError, text: str) -> None:
     start, end = err.span
     if not (0 <= start <= len(text) and start <= end <= len(text) + 1):
         raise Bug(f"span {err.span} outside the text of length {len(text)}: {err.message!r}")
-    lines = text.split("\n")
+    lines = re.split("\r\n|\r|\n", text)  # a line ends as the errors count lines
     for line, column in ((err.line, err.column), (err.end_line, err.end_column)):
         if line is None or column is None or not 1 <= line <= len(lines):
             raise Bug(f"line {line} outside the text's {len(lines)} lines: {err.message!r}")

@@ -19,7 +19,13 @@ from lossdsl.api import compile_loss
 from lossdsl.ast import Formula
 from lossdsl.catalog import register_loss, unregister_loss
 from lossdsl.config import load_spec
-from lossdsl.errors import LossDSLError, LossInputError, LossSyntaxError, LossValidationError
+from lossdsl.errors import (
+    LossDSLError,
+    LossInputError,
+    LossSyntaxError,
+    LossTypeError,
+    LossValidationError,
+)
 from lossdsl.lints import LossDSLWarning
 from lossdsl.parser import parse
 from lossdsl.validation import validate
@@ -40,6 +46,7 @@ __all__ = [
     "LossInputError",
     "LossSpec",
     "LossSyntaxError",
+    "LossTypeError",
     "LossValidationError",
     "ParamSchedule",
     "TermMetric",

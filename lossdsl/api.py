@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lossdsl.errors import LossTypeError
+
 if TYPE_CHECKING:
     from lossdsl.keras.loss import FormulaLoss
     from lossdsl.spec import LossSpec
@@ -64,7 +66,7 @@ def compile_loss(
     elif isinstance(spec, Mapping):
         checked = LossSpec.model_validate({**spec, **overrides})
     else:
-        raise TypeError(
+        raise LossTypeError(
             "compile_loss() expects formula text, a LossSpec or a mapping. "
             f"Received: {type(spec).__name__}."
         )

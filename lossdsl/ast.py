@@ -10,17 +10,23 @@ fewest parentheses that keep the tree, so ``parse(str(f)) == f``:
 '0.7 * bce(presence) + 0.3 * mse(loc) where true(presence) == 1'
 
 Sums, products and ``and``/``or`` chains are n-ary, so a long formula is a
-wide tree, not a deep one; the parser bounds the depth.
+wide tree, not a deep one; the parser bounds the depth. Equality, hashing, ``repr``,
+``str``, pickling and copying work for a tree of any depth (``lossdsl.frozen``).
+
+A tree the parser built is marked well formed (``mark_well_formed``), as is one that
+``lossdsl.trees`` accepted; validation checks any other tree before it uses it.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from lossdsl.catalog import MATH
 from lossdsl.errors import Span
+from lossdsl.frozen import Frozen, fold
 
 __all__ = [
     "And",
@@ -43,7 +49,9 @@ __all__ = [
     "Where",
     "format_number",
     "has_data",
+    "is_marked_well_formed",
     "literal",
+    "mark_well_formed",
     "reads_data",
     "walk",
 ]
@@ -52,23 +60,25 @@ __all__ = [
 _second = operator.itemgetter(1)
 
 
-class Node:
-    """Base of every AST node."""
+class Node(Frozen):
+    """Base of every AST node. Equality, hashing, ``repr``, pickling and copying are
+    ``lossdsl.frozen``'s, which work at any depth; ``str`` uses a stack, not recursion."""
 
-    __slots__ = ()
+    __slots__ = ("_well_formed",)
     span: Span | None
+    _well_formed: bool
 
     def children(self) -> tuple[Node, ...]:
         return ()
 
     def __str__(self) -> str:
-        return _text(self, 0)
+        return fold(self, _children, str, _bare)
 
 
 # -- values -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Number(Node):
     """A numeric literal (never negative when parsed: ``-2`` is ``Neg(Number(2))``)."""
 
@@ -76,7 +86,7 @@ class Number(Node):
     span: Span | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Name(Node):
     """A bare identifier: a parameter, or a unit name bound by the caller."""
 
@@ -84,7 +94,7 @@ class Name(Node):
     span: Span | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Unit(Node):
     """``u3``: one column of the last axis."""
 
@@ -92,7 +102,7 @@ class Unit(Node):
     span: Span | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class UnitSlice(Node):
     """``u[1:5]``: columns ``start`` .. ``stop - 1``."""
 
@@ -101,7 +111,7 @@ class UnitSlice(Node):
     span: Span | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Keyword(Node):
     """``name=value`` inside a call."""
 
@@ -113,7 +123,7 @@ class Keyword(Node):
         return (self.value,)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Call(Node):
     """``name(args..., kw=value...)``: a loss, a math function, ``pred`` or ``true``."""
 
@@ -127,7 +137,7 @@ class Call(Node):
         return self.args + self.kwargs if self.kwargs else self.args
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Neg(Node):
     """Unary minus."""
 
@@ -138,7 +148,7 @@ class Neg(Node):
         return (self.operand,)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Sum(Node):
     """``a + b - c``: ``terms`` pairs each operand with its operator; the first is ``+``."""
 
@@ -149,7 +159,7 @@ class Sum(Node):
         return tuple(map(_second, self.terms))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Product(Node):
     """``a * b / c``: ``factors`` pairs each operand with its operator; the first is ``*``."""
 
@@ -160,7 +170,7 @@ class Product(Node):
         return tuple(map(_second, self.factors))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Where(Node):
     """``term where cond``: ``term`` counts only for samples where ``cond`` holds."""
 
@@ -175,7 +185,7 @@ class Where(Node):
 # -- conditions ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Compare(Node):
     """``left op right`` with ``op`` one of ``< <= > >= == !=``."""
 
@@ -188,7 +198,7 @@ class Compare(Node):
         return (self.left, self.right)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class And(Node):
     items: tuple[Cond, ...]
     span: Span | None = field(default=None, compare=False, repr=False)
@@ -197,7 +207,7 @@ class And(Node):
         return self.items
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Or(Node):
     items: tuple[Cond, ...]
     span: Span | None = field(default=None, compare=False, repr=False)
@@ -206,7 +216,7 @@ class Or(Node):
         return self.items
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Not(Node):
     operand: Cond
     span: Span | None = field(default=None, compare=False, repr=False)
@@ -237,6 +247,12 @@ class Formula:
         """The text errors point into: the original source, or the canonical text."""
         return self.source or str(self)
 
+    def __copy__(self) -> Formula:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Formula:
+        return self
+
 
 def walk(node: Node) -> Iterator[Node]:
     """Every node under ``node`` (itself included), parents before children,
@@ -260,9 +276,10 @@ _OR, _AND, _NOT, _CMP = 1, 2, 3, 4
 
 def format_number(value: float) -> str:
     """Shortest text that parses back to ``value``: ``2``, ``0.7``, ``1e-07``."""
+    value = float(value)  # a hand-built Number may hold an int
     if value.is_integer() and abs(value) < 1e16:
         return str(int(value))
-    return repr(float(value))
+    return repr(value)
 
 
 def _prec(node: Node) -> int:
@@ -310,12 +327,19 @@ def literal(node: Node) -> bool | float | None:
     return None
 
 
-def _text(node: Node, need: int) -> str:
-    text = _bare(node)
+def _wrap(node: Node, text: str, need: int) -> str:
+    """``text``, the bare text of ``node``, in parentheses if it prints below ``need``."""
     return f"({text})" if _prec(node) < need else text
 
 
-def _bare(node: Node) -> str:
+def _children(node: object) -> Sequence[object]:
+    if not isinstance(node, Node):
+        raise TypeError(f"not a lossdsl AST node: {node!r}")
+    return node.children()
+
+
+def _bare(node: Any, texts: list[str]) -> str:
+    """The text of ``node`` without outer parentheses, from the bare texts of its children."""
     if isinstance(node, Number):
         return format_number(node.value)
     if isinstance(node, Name):
@@ -325,36 +349,47 @@ def _bare(node: Node) -> str:
     if isinstance(node, UnitSlice):
         return f"u[{node.start}:{node.stop}]"
     if isinstance(node, Call):
-        args = [_text(a, 0) for a in node.args]
-        args += [f"{k.name}={_text(k.value, 0)}" for k in node.kwargs]
-        return f"{node.name}({', '.join(args)})"
+        return f"{node.name}({', '.join(texts)})"  # a keyword prints as name=value
     if isinstance(node, Keyword):
-        return f"{node.name}={_text(node.value, 0)}"
+        return f"{node.name}={texts[0]}"
     if isinstance(node, Neg):
-        return "-" + _text(node.operand, _UNARY)
+        return "-" + _wrap(node.operand, texts[0], _UNARY)
     if isinstance(node, Sum):
-        terms = node.terms
-        out = ""
-        for i, (op, e) in enumerate(terms):
+        terms, out = node.terms, ""
+        for i, ((op, e), bare) in enumerate(zip(terms, texts, strict=True)):
             # `T where C + 1` reads as if 1 were part of C (validation rejects it):
             # a where-term followed by a constant keeps its parentheses.
             closed = isinstance(e, Where) and i + 1 < len(terms) and not has_data(terms[i + 1][1])
-            text = f"({_bare(e)})" if closed else _text(e, _WHERE)
+            text = f"({bare})" if closed else _wrap(e, bare, _WHERE)
             out += f" {op} {text}" if i else text
         return out
     if isinstance(node, Product):
-        out = _text(node.factors[0][1], _UNARY)
-        for op, e in node.factors[1:]:
-            out += f" {op} {_text(e, _UNARY)}"
+        out = ""
+        for i, ((op, e), bare) in enumerate(zip(node.factors, texts, strict=True)):
+            out += f" {op} {_wrap(e, bare, _UNARY)}" if i else _wrap(e, bare, _UNARY)
         return out
     if isinstance(node, Where):
-        return f"{_text(node.term, _PRODUCT)} where {_text(node.cond, _OR)}"
+        return f"{_wrap(node.term, texts[0], _PRODUCT)} where {_wrap(node.cond, texts[1], _OR)}"
     if isinstance(node, Compare):
-        return f"{_text(node.left, _PRODUCT)} {node.op} {_text(node.right, _PRODUCT)}"
+        left, right = (_wrap(e, t, _PRODUCT) for e, t in zip(node.children(), texts, strict=True))
+        return f"{left} {node.op} {right}"
     if isinstance(node, Or):
-        return " or ".join(_text(c, _AND) for c in node.items)
+        return " or ".join(_wrap(c, t, _AND) for c, t in zip(node.items, texts, strict=True))
     if isinstance(node, And):
-        return " and ".join(_text(c, _NOT) for c in node.items)
+        return " and ".join(_wrap(c, t, _NOT) for c, t in zip(node.items, texts, strict=True))
     if isinstance(node, Not):
-        return "not " + _text(node.operand, _NOT)
+        return "not " + _wrap(node.operand, texts[0], _NOT)
     raise TypeError(f"not a lossdsl AST node: {node!r}")
+
+
+# -- well-formed trees -----------------------------------------------------
+
+
+def mark_well_formed(node: Node) -> None:
+    """Record that the tree under ``node`` is well formed: the parser built it, or
+    ``lossdsl.trees`` accepted it. Trees are immutable, so it stays so."""
+    object.__setattr__(node, "_well_formed", True)
+
+
+def is_marked_well_formed(node: Node) -> bool:
+    return getattr(node, "_well_formed", False) is True

@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from lossdsl import kernels
+from lossdsl.errors import echo
 from lossdsl.kernels import ops
 
 __all__ = [
@@ -422,9 +423,9 @@ def function_names() -> list[str]:
 def check_identifier(name: object, what: str) -> str | None:
     """Why ``name`` cannot name a ``what`` (unit, parameter, loss), or ``None``."""
     if not isinstance(name, str) or not _IDENT.match(name):
-        return f"{what} names must be identifiers (letters, digits, '_'). Received: {name!r}."
+        return f"{what} names must be identifiers (letters, digits, '_'). Received: {echo(name)}."
     if name in RESERVED or _UNIT_NAME.match(name):
-        return f"{name!r} is reserved by the language and cannot name a {what}."
+        return f"{echo(name)} is reserved by the language and cannot name a {what}."
     return None
 
 

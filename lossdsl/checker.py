@@ -25,17 +25,18 @@ the formula depends on the data.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
-from lossdsl import ast
+from lossdsl import ast, suggest
 from lossdsl.arguments import UnitsArg, UnitTable, param_problems, unit_table
 from lossdsl.calls import CallChecks
-from lossdsl.constants import Undefined, evaluate, is_real, outside_float32
-from lossdsl.errors import LossDSLError, LossValidationError, Span
+from lossdsl.constants import Undefined, evaluate, is_real, outside_float32, to_float
+from lossdsl.errors import LossDSLError, LossTypeError, LossValidationError, Span, echo
 from lossdsl.levels import CONDITION, TOP, Level, Place, level_map
 from lossdsl.suggest import did_you_mean
 from lossdsl.terms import Term, split_terms
@@ -70,17 +71,25 @@ def check(
 ) -> Checked:
     """Check ``formula`` against ``units`` and ``params`` (see ``lossdsl.validate``)."""
     if not isinstance(formula, ast.Formula):
-        raise TypeError(
+        raise LossTypeError(
             f"validate() expects formula text or a Formula. Received: {type(formula).__name__}."
         )
     if params is not None and not isinstance(params, Mapping):
         raise LossValidationError(
-            f"params must map names to numbers. Received: {params!r}.",
+            f"params must map names to numbers. Received: {echo(params)}.",
             hint="params={'alpha': 0.7}",
         ).with_source(formula.text())
-    values = {k: float(v) if is_real(v) else v for k, v in (params or {}).items()}
-    table, problems = unit_table(units, locate=lambda name: _first_use(formula.expr, name))
-    problems += param_problems(values, table, locate=lambda name: _first_use(formula.expr, name))
+    with suggest.limit():
+        return _check(formula, units, params or {}, allow_negative)
+
+
+def _check(
+    formula: ast.Formula, units: UnitsArg, params: Mapping[str, Any], allow_negative: bool
+) -> Checked:
+    values = {k: to_float(v) if is_real(v) else v for k, v in params.items()}
+    locate = _FirstUse(formula.expr)
+    table, problems = unit_table(units, locate=locate)
+    problems += param_problems(params, table, locate=locate)
     checker = _Checker(formula.expr, table, values)
     checker.value(formula.expr, TOP)
     levels, level_problems = level_map(formula.expr)
@@ -111,10 +120,22 @@ def check(
     )
 
 
-def _first_use(expr: ast.Expr, name: str) -> Span | None:
-    """The span of the first use of the bare name ``name`` (for problems in the ``units`` or
-    ``params`` arguments, which have no text of their own)."""
-    return next((n.span for n in ast.walk(expr) if isinstance(n, ast.Name) and n.id == name), None)
+class _FirstUse:
+    """The span of the first use of a bare name in the formula (for problems in the ``units``
+    or ``params`` arguments, which have no text of their own); the formula is read once, on
+    the first question."""
+
+    def __init__(self, expr: ast.Expr) -> None:
+        self._expr = expr
+        self._spans: dict[str, Span | None] | None = None
+
+    def __call__(self, name: str) -> Span | None:
+        if self._spans is None:
+            self._spans = {}
+            for n in ast.walk(self._expr):
+                if isinstance(n, ast.Name):
+                    self._spans.setdefault(n.id, n.span)
+        return self._spans.get(name)
 
 
 class _Checker(CallChecks):
@@ -247,7 +268,8 @@ class _Checker(CallChecks):
                 "true(u0) reads unit u0 of y_true.",
             )
         else:
-            suggestion = did_you_mean(node.id, [*self.params, *self.units.names])
+            known = itertools.chain(self.params, self.units.names)
+            suggestion = did_you_mean(node.id, (k for k in known if isinstance(k, str)))
             self.error(
                 node,
                 f"Unknown parameter '{node.id}'.{suggestion}",

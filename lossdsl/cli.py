@@ -8,15 +8,19 @@
     lossdsl schema
     lossdsl eval FORMULA --y-true a.npy --y-pred b.npy [--units ...] [--params ...]
 
-Exit status: 0 valid, 1 invalid (the caret message on stderr), 2 usage error.
-Only ``eval`` imports Keras.
+Exit status: 0 valid, 1 invalid (the caret message on stderr), 2 usage error (a
+one-line message on stderr), never a traceback. With ``--json`` standard output is one JSON
+document, usage errors included. What the options and standard input hold is read by
+``lossdsl.cli_input``. Only ``eval`` imports Keras.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -24,10 +28,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from lossdsl import ast
 from lossdsl.arguments import WHERE_MEANS
 from lossdsl.catalog import Accessor, LossEntry, MathFunction, lookup
-from lossdsl.config import load_spec
-from lossdsl.errors import LossDSLError, LossValidationError
+from lossdsl.cli_input import UsageError, load_array, params_arg, read_lines, units_arg
+from lossdsl.config import read_spec
+from lossdsl.errors import LossDSLError, LossSyntaxError, LossValidationError
 from lossdsl.levels import Level
 from lossdsl.lints import lint
+from lossdsl.parser import MAX_RAW_LENGTH
 from lossdsl.validation import check
 
 if TYPE_CHECKING:
@@ -36,39 +42,32 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-class _Usage(Exception):
-    pass
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise _Usage(f"{self.prog}: {message}")
-
-
-def _json_arg(text: str | None, what: str) -> Any:
-    if text is None:
-        return None
-    try:
-        return int(text) if what == "units" and text.strip().isdigit() else json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _Usage(f"--{what} must be JSON: {e}") from None
+        raise UsageError(f"{self.prog}: {message}")
 
 
 def _spec_from(args: argparse.Namespace) -> LossSpec:
     if args.config:
         if args.formula:
-            raise _Usage("give a FORMULA or --config, not both")
-        return load_spec(args.config, key=args.key)
+            raise UsageError("give a FORMULA or --config, not both")
+        options = {"--units": args.units, "--params": args.params, "--where-mean": args.where_mean}
+        given = [name for name, value in options.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: with --config, the spec comes from the file")
+        return read_spec(args.config, key=args.key, key_syntax="--key {}")
+    if args.key:
+        raise UsageError("--key names the spec inside a --config FILE")
     if not args.formula:
-        raise _Usage("a FORMULA (or --config FILE, or --stdin) is needed")
+        raise UsageError("a FORMULA (or --config FILE, or --stdin) is needed")
     from lossdsl.spec import LossSpec  # pydantic, loaded only when needed
 
     return LossSpec.model_validate(
         {
             "expression": args.formula,
-            "units": _json_arg(args.units, "units"),
-            "params": _json_arg(args.params, "params") or {},
-            "where_mean": args.where_mean,
+            "units": units_arg(args.units),
+            "params": params_arg(args.params),
+            "where_mean": args.where_mean or WHERE_MEANS[0],
         }
     )
 
@@ -86,27 +85,84 @@ def _error_json(e: LossDSLError) -> list[dict[str, Any]]:
     ]
 
 
-def _check_line(formula: str, units: Any, params: Any, strict: bool) -> dict[str, Any]:
-    """One ``--stdin`` line's result."""
+def _plain_error(message: str) -> dict[str, Any]:
+    """An error without a place in the text, shaped as every other one in ``--json``."""
+    return {"message": message, "line": None, "column": None, "end_column": None, "hint": None}
+
+
+def _internal(e: BaseException) -> str:
+    return f"Internal error in lossdsl ({type(e).__name__}: {e}); please report it."
+
+
+def _result(
+    valid: bool | None, errors: list[dict[str, Any]], warnings: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The JSON object of ``check --json`` and of each ``--stdin`` line."""
+    return {"valid": valid, "errors": errors, "warnings": warnings}
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of such a byte
+
+
+def _check_line(line: str | None, units: Any, params: Any, strict: bool) -> dict[str, Any]:
+    """One ``--stdin`` line's result (``None``: a line past the length limit)."""
+    if line is None:
+        too_long = LossSyntaxError(
+            f"The line is more than {MAX_RAW_LENGTH:,} characters long; the limit is "
+            f"{MAX_RAW_LENGTH:,}. The rest of the line was not read.",
+            source=" " * MAX_RAW_LENGTH + "?",  # the line and column of the first one too many
+            span=(MAX_RAW_LENGTH, MAX_RAW_LENGTH + 1),
+        )
+        return _result(False, _error_json(too_long), [])
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return {**_result(None, [], []), "skipped": "comment" if text else "blank"}
+    undecoded = _UNDECODED.search(line)
+    if undecoded is not None:  # a byte that is not UTF-8, read as a lone surrogate
+        bad = undecoded.start()
+        not_text = LossSyntaxError(
+            f"The line is not UTF-8 text: the byte 0x{ord(line[bad]) - 0xDC00:02x} cannot be "
+            "decoded.",
+            source=line,
+            span=(bad, bad + 1),
+        )
+        return _result(False, _error_json(not_text), [])
     try:
-        checked = check(formula, units=units, params=params)
+        checked = check(line, units=units, params=params)
+        lints = [item for e in lint(checked) for item in _error_json(e)]
     except LossDSLError as e:
-        return {"valid": False, "errors": _error_json(e), "warnings": []}
-    lints = [item for e in lint(checked) for item in _error_json(e)]
+        return _result(False, _error_json(e), [])
+    except Exception as e:  # a bug in lossdsl: this line's result says so, the batch goes on
+        return _result(False, [_plain_error(_internal(e))], [])
     if strict and lints:
-        return {"valid": False, "errors": lints, "warnings": []}
-    return {"valid": True, "errors": [], "warnings": lints}
+        return _result(False, lints, [])
+    return _result(True, [], lints)
+
+
+def _stdin_batch(args: argparse.Namespace) -> int:
+    if args.formula or args.config:
+        raise UsageError(
+            "--stdin reads the formulas from standard input: give no FORMULA or --config"
+        )
+    if args.key:
+        raise UsageError("--key names the spec inside a --config FILE")
+    units, params = units_arg(args.units), params_arg(args.params)
+    stream = sys.stdin
+    if stream is None:
+        raise UsageError("--stdin: there is no standard input")
+    if hasattr(stream, "reconfigure"):  # bytes that are not UTF-8 fail their line only
+        stream.reconfigure(encoding="utf-8", errors="surrogateescape")
+    ok = True
+    for line in read_lines(stream, MAX_RAW_LENGTH):
+        result = _check_line(line, units, params, args.strict)
+        ok = ok and result["valid"] is not False
+        print(json.dumps(result))
+    return 0 if ok else 1
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     if args.stdin:
-        units, params = _json_arg(args.units, "units"), _json_arg(args.params, "params") or {}
-        ok = True
-        for line in sys.stdin:
-            result = _check_line(line.rstrip("\n"), units, params, args.strict)
-            ok = ok and result["valid"]
-            print(json.dumps(result))
-        return 0 if ok else 1
+        return _stdin_batch(args)
     try:
         spec = _spec_from(args)
         found = lint(spec.checked)
@@ -114,13 +170,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise LossValidationError.collect(found)
     except LossDSLError as e:
         if args.json:
-            print(json.dumps({"valid": False, "errors": _error_json(e), "warnings": []}))
+            print(json.dumps(_result(False, _error_json(e), [])))
         else:
             print(e, file=sys.stderr)
         return 1
     if args.json:
         warned = [item for w in found for item in _error_json(w)]
-        print(json.dumps({"valid": True, "errors": [], "warnings": warned}))
+        print(json.dumps(_result(True, [], warned)))
     else:
         for w in found:
             print(f"warning: {w}", file=sys.stderr)
@@ -244,19 +300,20 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite(value: Any) -> float | None:
+    """A value for JSON, which has no NaN or infinity: ``None`` for those."""
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     spec = _spec_from(args)
-    import numpy as np
-
+    y_true, y_pred = load_array(args.y_true, "--y-true"), load_array(args.y_pred, "--y-pred")
     from lossdsl.api import compile_loss
 
-    try:
-        y_true, y_pred = np.load(args.y_true), np.load(args.y_pred)
-    except (OSError, ValueError) as e:
-        raise _Usage(f"cannot read the arrays: {e}") from None
     loss = compile_loss(spec)
-    out = {"loss": float(loss(y_true, y_pred))}
-    out.update({k: float(v) for k, v in loss.terms(y_true, y_pred).items()})
+    out = {"loss": _finite(loss(y_true, y_pred))}
+    out.update({k: _finite(v) for k, v in loss.terms(y_true, y_pred).items()})
     print(json.dumps(out))
     return 0
 
@@ -269,19 +326,23 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("formula", nargs="?", help="the formula text")
         p.add_argument("--units", help="output width (N) or JSON mapping of names")
         p.add_argument("--params", help="JSON mapping of parameter names to numbers")
-        p.add_argument("--where-mean", default=WHERE_MEANS[0], choices=WHERE_MEANS)
+        p.add_argument("--where-mean", choices=WHERE_MEANS, help=f"default {WHERE_MEANS[0]}")
         if config:
             p.add_argument("--config", help="a YAML, TOML or JSON file holding the spec")
             p.add_argument("--key", help="dotted path to the spec inside --config")
 
     p = sub.add_parser("check", help="validate a formula (exit 0 valid, 1 invalid)")
     spec_args(p)
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("--stdin", action="store_true", help="one formula per input line, JSON out")
+    p.add_argument("--json", action="store_true", help="print one JSON object, whatever happens")
+    p.add_argument(
+        "--stdin", action="store_true", help="one formula a line in, one JSON object a line out"
+    )
     p.add_argument("--strict", action="store_true", help="treat lints (LD101 ...) as errors")
     p.set_defaults(run=_cmd_check)
 
-    p = sub.add_parser("fmt", help="print the canonical text")
+    p = sub.add_parser(
+        "fmt", help="print the canonical text (checks the syntax only; check validates)"
+    )
     p.add_argument("formula")
     p.set_defaults(run=_cmd_fmt)
 
@@ -300,15 +361,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``--json`` (or an abbreviation argparse accepts) is among the options."""
+    options = argv[: list(argv).index("--")] if "--" in argv else argv
+    return any(len(a) > 2 and "--json".startswith(a) for a in options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    With ``--json``, standard output is one JSON document whatever happens: a usage error
+    (exit status 2) or an internal error (exit status 1) is an object with ``valid`` false
+    and its message in ``errors``, as an invalid formula is.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)
         status: int = args.run(args)
         return status
-    except _Usage as e:
-        print(e, file=sys.stderr)
-        return 2
+    except UsageError as e:
+        message, status = str(e), 2
+        if not message.startswith("lossdsl"):
+            message = f"lossdsl: {message}"
     except LossDSLError as e:
         print(e, file=sys.stderr)
         return 1
@@ -319,3 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # nowhere to go. Point stdout at /dev/null so that Python's flush at exit is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as e:  # a bug in lossdsl: a one-line message, never a traceback
+        message, status = _internal(e), 1
+    if _wants_json(argv):
+        print(json.dumps(_result(False, [_plain_error(message)], [])))
+    print(message, file=sys.stderr)
+    return status

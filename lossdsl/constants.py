@@ -17,7 +17,15 @@ from collections.abc import Mapping
 from lossdsl import ast
 from lossdsl.catalog import MATH
 
-__all__ = ["F32_MAX", "F32_TINY", "Undefined", "evaluate", "is_real", "outside_float32"]
+__all__ = [
+    "F32_MAX",
+    "F32_TINY",
+    "Undefined",
+    "evaluate",
+    "is_real",
+    "outside_float32",
+    "to_float",
+]
 
 # The default compute dtype is float32: a literal or weight outside its range would silently
 # become inf or 0 in the compiled loss.
@@ -33,6 +41,15 @@ def outside_float32(value: float) -> bool:
 def is_real(x: object) -> bool:
     """A real number, ``bool`` excluded."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def to_float(x: numbers.Real) -> float:
+    """``float(x)``, or an infinity of ``x``'s sign where ``x`` (a 400-digit integer, a
+    ``Fraction`` of them) is beyond float64's range."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf  # type: ignore[operator]  # Real orders
 
 
 class Undefined(Exception):
@@ -51,9 +68,10 @@ def evaluate(node: ast.Node, params: Mapping[str, object]) -> float:
         return node.value
     if isinstance(node, ast.Name):
         value = params.get(node.id)
-        if not is_real(value) or not math.isfinite(value):  # type: ignore[arg-type]
+        number = to_float(value) if is_real(value) else math.nan  # type: ignore[arg-type]
+        if not math.isfinite(number):
             raise Undefined(node)  # reported as a parameter problem
-        return float(value)  # type: ignore[arg-type]
+        return number
     if isinstance(node, ast.Neg):
         return -evaluate(node.operand, params)
     if isinstance(node, ast.Sum):

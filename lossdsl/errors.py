@@ -19,27 +19,55 @@ Unexpected end of formula. Expected a term: a number, a name, a call or '('.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 
 __all__ = [
+    "MAX_REPORTED",
     "LossDSLError",
     "LossInputError",
     "LossSyntaxError",
+    "LossTypeError",
     "LossValidationError",
     "Span",
+    "echo",
     "render_caret",
 ]
+
+MAX_REPORTED = 50
+"""Most problems one error lists; past them it says how many more there are."""
 
 Span = tuple[int, int]
 """A half-open range ``[start, end)`` of character offsets into the source."""
 
 
 def _line_col(source: str, offset: int) -> tuple[int, int]:
-    """1-based line and column of ``offset`` in ``source``."""
+    """1-based line and column of ``offset`` in ``source``; a line ends at ``\n``, ``\r\n``
+    or a lone ``\r``."""
     offset = max(0, min(offset, len(source)))
-    line = source.count("\n", 0, offset) + 1
-    line_start = source.rfind("\n", 0, offset) + 1
-    return line, offset - line_start + 1
+    breaks = (
+        source.count("\n", 0, offset)
+        + source.count("\r", 0, offset)
+        - source.count("\r\n", 0, offset)
+    )
+    return breaks + 1, offset - _line_start(source, offset) + 1
+
+
+def _line_start(source: str, offset: int) -> int:
+    return max(source.rfind("\n", 0, offset), source.rfind("\r", 0, offset)) + 1
+
+
+def _line_end(source: str, offset: int) -> int:
+    ends = [i for i in (source.find("\n", offset), source.find("\r", offset)) if i != -1]
+    return min(ends, default=len(source))
+
+
+def _shown(text: str) -> str:
+    """``text`` as one printable line of the same length: a control character or a lone
+    surrogate (which no terminal can print) is shown as U+FFFD."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in text)
 
 
 def render_caret(source: str, span: Span) -> str:
@@ -51,10 +79,8 @@ def render_caret(source: str, span: Span) -> str:
     """
     start, end = span
     start = max(0, min(start, len(source)))
-    line_start = source.rfind("\n", 0, start) + 1
-    line_end = source.find("\n", start)
-    if line_end == -1:
-        line_end = len(source)
+    line_start = _line_start(source, start)
+    line_end = _line_end(source, start)
     end = max(start + 1, min(end, line_end))
     prefix = suffix = ""
     if line_end - line_start > _LONG_LINE:
@@ -65,7 +91,7 @@ def render_caret(source: str, span: Span) -> str:
         prefix = "..." if lo > line_start else ""
         suffix = "..." if hi < line_end else ""
         line_start, line_end = lo, hi
-    text = source[line_start:line_end]
+    text = _shown(source[line_start:line_end])
     # Keep tabs so the caret lines up under tab-indented config text.
     pad = " " * len(prefix) + "".join("\t" if c == "\t" else " " for c in source[line_start:start])
     shown = prefix + text if suffix else prefix + text.rstrip()
@@ -74,6 +100,37 @@ def render_caret(source: str, span: Span) -> str:
 
 _LONG_LINE = 100  # characters of one line shown at most around a caret
 _CONTEXT = 40  # of which, before the span and after it
+
+
+class _Echo(reprlib.Repr):
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 2
+        self.maxdict = self.maxlist = self.maxtuple = self.maxset = 5
+        self.maxstring = self.maxother = 60
+        self.maxlong = 40
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:  # repr would spell out every digit, or refuse past 4,300
+            digits = int(x.bit_length() * 0.30103) + 1
+            return f"{'-' if x < 0 else ''}<an integer of about {digits:,} digits>"
+        return repr(x)
+
+
+_echo = _Echo()
+
+
+def echo(value: object) -> str:
+    """``repr(value)`` for a message, shortened: nested and long values are cut with
+    ``...`` (a shared structure is never expanded), huge integers described."""
+    try:
+        shown = _echo.repr(value)
+    except Exception:  # a value whose own repr fails
+        return f"<{type(value).__name__}>"
+    return shown if len(shown) <= _ECHO_LENGTH else shown[: _ECHO_LENGTH - 3] + "..."
+
+
+_ECHO_LENGTH = 120
 
 
 class LossDSLError(ValueError):
@@ -203,29 +260,41 @@ class LossValidationError(LossDSLError):
         span: Span | None = None,
         hint: str | None = None,
         errors: Sequence[LossDSLError] = (),
+        total: int = 0,
     ) -> None:
         super().__init__(message, source=source, span=span, hint=hint)
         self.errors: list[LossDSLError] = list(errors) or [self]
+        self.total = total or len(self.errors)
+        """How many problems were found (``errors`` holds at most ``MAX_REPORTED``)."""
 
     @classmethod
     def collect(cls, errors: Sequence[LossDSLError]) -> LossDSLError:
         """One error standing for ``errors`` (which must not be empty)."""
         if len(errors) == 1:
             return errors[0]
+        # An error collected before may end with a stand-in for the problems it left out.
+        shown = [e for e in errors if not isinstance(e, _NotShown)]
+        total = len(shown) + sum(e.count for e in errors if isinstance(e, _NotShown))
+        errors = shown[: MAX_REPORTED - 1] if total > MAX_REPORTED else shown
+        if total > len(errors):
+            errors.append(_NotShown(total - len(errors)))
         first = errors[0]
         return cls(
-            first.message, source=first.source, span=first.span, hint=first.hint, errors=errors
+            first.message,
+            source=first.source,
+            span=first.span,
+            hint=first.hint,
+            errors=errors,
+            total=total,
         )
 
     def __reduce__(self) -> tuple[object, ...]:
         return (
             _rebuild_validation,
             (
-                self.message,
-                self.source,
-                self.span,
-                self.hint,
+                (self.message, self.source, self.span, self.hint),
                 self.errors if len(self.errors) > 1 else [],
+                self.total,
             ),
         )
 
@@ -239,7 +308,7 @@ class LossValidationError(LossDSLError):
     def __str__(self) -> str:
         if len(self.errors) == 1:
             return super().__str__()
-        items = [f"{len(self.errors)} problems in the loss specification:"]
+        items = [f"{self.total:,} problems in the loss specification:"]
         for i, e in enumerate(self.errors, 1):
             body = LossDSLError.__str__(e).replace("\n", "\n   ")
             items.append(f"{i}. {body}")
@@ -247,13 +316,30 @@ class LossValidationError(LossDSLError):
 
 
 def _rebuild_validation(
-    message: str,
-    source: str | None,
-    span: Span | None,
-    hint: str | None,
+    fields: tuple[str, str | None, Span | None, str | None],
     errors: Sequence[LossDSLError],
+    total: int,
 ) -> LossValidationError:
-    return LossValidationError(message, source=source, span=span, hint=hint, errors=errors)
+    message, source, span, hint = fields
+    return LossValidationError(
+        message, source=source, span=span, hint=hint, errors=errors, total=total
+    )
+
+
+class _NotShown(LossValidationError):
+    """Stands for the problems past ``MAX_REPORTED`` that an error does not list."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count:,} more problems are not shown.")
+        self.count = count
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_NotShown, (self.count,))
+
+
+class LossTypeError(LossValidationError, TypeError):
+    """An argument of the wrong type, such as a formula that is not text: a
+    ``LossValidationError``, and a ``TypeError`` as Python's own functions raise."""
 
 
 class LossInputError(LossDSLError):

@@ -10,6 +10,7 @@ LD102    a condition on a probability unit that can never or always hold
 LD103    a declared unit name the formula never uses
 LD104    a declared parameter the formula never uses
 LD105    the same top-level term written twice
+LD100    stands for the lints past the first 49, which are not shown
 =======  ================================================================
 
 >>> from lossdsl import parse
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from lossdsl import ast
 from lossdsl.catalog import LOSSES
 from lossdsl.checker import Checked
-from lossdsl.errors import LossValidationError
+from lossdsl.errors import MAX_REPORTED, LossValidationError
 
 __all__ = ["CODES", "LossDSLWarning", "lint"]
 
@@ -35,6 +36,7 @@ CODES = {
     "LD103": "a declared unit name that is never used",
     "LD104": "a declared parameter that is never used",
     "LD105": "the same term written twice",
+    "LD100": "more lints than are shown",
 }
 _PROBABILITY_LOSSES = ("bce", "focal", "cce")
 
@@ -90,8 +92,13 @@ def _verdict(op: str, c: float) -> str | None:
 
 def lint(checked: Checked) -> list[LossValidationError]:
     """Every lint of a checked formula, each a ``LossValidationError`` with ``code``, pointing
-    into the formula's text."""
+    into the formula's text; past ``MAX_REPORTED`` lints, the last says how many more there
+    are."""
     found = list(_lints(checked))
+    if len(found) > MAX_REPORTED:
+        more = len(found) - MAX_REPORTED + 1
+        found = found[: MAX_REPORTED - 1]
+        found.append(_make("LD100", None, f"{more:,} more lints are not shown.", ""))
     for e in found:
         e.with_source(checked.formula.text())
     return found

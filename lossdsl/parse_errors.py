@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from lark import Token, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from lossdsl.errors import LossSyntaxError
+from lossdsl.suggest import did_you_mean
 
 __all__ = ["KEYWORDS", "Parens", "paren_scan", "strip_comments", "translate"]
 
@@ -175,13 +176,13 @@ def _unexpected_character(e: UnexpectedCharacters, text: str, parens: Parens) ->
         f"Unexpected character {shown}. Expected {_expected(names)}.",
         source=text,
         span=(pos, pos + 1),
-        hint=_char_hint(ch),
+        hint=_char_hint(text, pos),
     )
 
 
 def _token_hint(text: str, tok: Token, expected: set[str]) -> str | None:
     if tok.type == "EQUAL":
-        return "compare with '==', not '='; a single '=' only sets a keyword argument."
+        return _equal_hint(text, tok.start_pos or 0)
     if tok.type == "MULOP" and tok.start_pos and text[tok.start_pos - 1] == "*":
         return "there is no power operator; use square(x), sqrt(x) or exp(k * log(x))."
     if tok.type == "ADDOP" and "CMPOP" in expected:
@@ -201,17 +202,31 @@ def _token_hint(text: str, tok: Token, expected: set[str]) -> str | None:
                     f"'{tok}' is one name: a keyword is a whole word. For '{word}' followed "
                     f"by '{rest}', write '{word} {rest}'."
                 )
+        near = did_you_mean(str(tok), [w for w, t in _KEYWORD_TERMINALS if t in expected])
+        if near:
+            return f"{near[1:]} A keyword is expected here, not a name."
     if tok.type in ("NAME", "NUMBER", "LPAR") and expected & {"ADDOP", "MULOP"}:
         return "an operator is missing between two terms: write '*' to multiply, '+' to add."
     return None
 
 
-def _char_hint(ch: str) -> str | None:
+def _equal_hint(text: str, at: int) -> str:
+    """The hint for a ``=`` where it cannot stand: ``=>`` and ``=<`` are ``>=`` and ``<=``
+    written backwards, otherwise ``==`` was meant."""
+    after = text[at + 1 : at + 2]
+    if after in ("<", ">"):
+        return f"did you mean '{after}='? The comparison is written '{after}=', not '={after}'."
+    return (
+        "compare with '=='; a single '=' only sets a keyword argument, as in huber(u1, delta=1.0)."
+    )
+
+
+def _char_hint(text: str, pos: int) -> str | None:
+    ch = text[pos] if pos < len(text) else ""
     if ch == "=":
-        return (
-            "compare with '=='; a single '=' only sets a keyword argument, "
-            "as in huber(u1, delta=1.0)."
-        )
+        return _equal_hint(text, pos)
+    if ch.isdigit():  # a digit, but not 0-9
+        return "numbers are written with the ASCII digits 0-9."
     if ch == "^":
         return "there is no power operator; use square(x), sqrt(x) or exp(k * log(x))."
     if ch in ("&", "|", "!"):

@@ -31,13 +31,13 @@ from pydantic import (
     model_validator,
 )
 
-from lossdsl import ast, validation
+from lossdsl import ast, suggest, validation
 from lossdsl.arguments import WHERE_MEANS, WhereMean
 from lossdsl.checker import Checked
-from lossdsl.errors import LossDSLError, LossValidationError
+from lossdsl.errors import LossDSLError, LossValidationError, echo
 from lossdsl.suggest import did_you_mean
 
-__all__ = ["LossSpec"]
+__all__ = ["LossSpec", "spec_from_config"]
 
 Columns = int | tuple[int, int]
 Side = Literal["pred", "true"]
@@ -129,6 +129,17 @@ class LossSpec(BaseModel):
         that skipped the checks could hold a formula its new fields do not allow)."""
         return self.model_validate({**self.config(), **(update or {})})
 
+    # A spec is immutable, so a copy is the spec itself; a pickled spec is its fields, checked
+    # again when it is loaded (what the checks proved is not data to trust from a file).
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self).model_validate, (self.config(),))
+
     @property
     def checked(self) -> Checked:
         """What the checks proved about the formula, for the compiler."""
@@ -154,9 +165,36 @@ class LossSpec(BaseModel):
         }
 
 
+def spec_from_config(
+    config: Any, options: tuple[str, ...], what: str
+) -> tuple[LossSpec, dict[str, Any]]:
+    """The spec in a Keras ``get_config`` of ``what`` (the spec's fields beside the object's
+    own ``options``), and those options; any other key is an error."""
+    if not isinstance(config, Mapping):
+        raise LossValidationError(
+            f"{what}.from_config expects the dict its get_config returns. Received: {echo(config)}."
+        )
+    known = [*LossSpec.model_fields, *options]
+    unknown = [k for k in config if k not in known]
+    if unknown:
+        raise LossValidationError(
+            f"{what}.from_config: unknown key {echo(unknown[0])}."
+            f"{did_you_mean(str(unknown[0]), known)}",
+            hint=f"its keys are {', '.join(known)}.",
+        )
+    fields = {k: v for k, v in config.items() if k in LossSpec.model_fields}
+    rest = {k: v for k, v in config.items() if k in options}
+    return LossSpec.model_validate(fields), rest
+
+
 def _checked_fields(data: Any) -> tuple[dict[str, Any], Checked]:
     """The fields of a spec in plain Python types, and the checked formula; raises a
-    ``LossDSLError`` that lists every problem."""
+    ``LossDSLError`` that lists every problem (with a bounded number of suggestions)."""
+    with suggest.limit():
+        return _fields(data)
+
+
+def _fields(data: Any) -> tuple[dict[str, Any], Checked]:
     if isinstance(data, LossSpec):
         return data.config(), data.checked
     if isinstance(data, str):
@@ -169,10 +207,10 @@ def _checked_fields(data: Any) -> tuple[dict[str, Any], Checked]:
     fields = list(LossSpec.model_fields)
     for key in data:
         if key not in LossSpec.model_fields:
-            hint = did_you_mean(str(key), fields)
+            hint = did_you_mean(key, fields) if isinstance(key, str) else ""
             problems.append(
                 LossValidationError(
-                    f"Unknown field {key!r} in the loss spec.{hint}",
+                    f"Unknown field {echo(key)} in the loss spec.{hint}",
                     hint="the fields are " + ", ".join(fields) + ".",
                 )
             )
@@ -181,22 +219,23 @@ def _checked_fields(data: Any) -> tuple[dict[str, Any], Checked]:
         problems.append(
             LossValidationError(
                 f"where_mean must be {' or '.join(map(repr, WHERE_MEANS))}. "
-                f"Received: {where_mean!r}."
+                f"Received: {echo(where_mean)}."
             )
         )
     allow_negative = data.get("allow_negative", False)
     if not isinstance(allow_negative, bool):
         problems.append(
             LossValidationError(
-                f"allow_negative must be true or false. Received: {allow_negative!r}."
+                f"allow_negative must be true or false. Received: {echo(allow_negative)}."
             )
         )
         allow_negative = False
-    params = data.get("params") or {}
+    params = data.get("params")
+    params = {} if params is None else params
     if not isinstance(params, Mapping):
         problems.append(
             LossValidationError(
-                f"params must map names to numbers. Received: {params!r}.",
+                f"params must map names to numbers. Received: {echo(params)}.",
                 hint="params={'alpha': 0.7}",
             )
         )
@@ -263,6 +302,6 @@ def _raise_from(e: ValidationError) -> NoReturn:
         else:
             where = ".".join(str(p) for p in err["loc"]) or "spec"
             problems.append(
-                LossValidationError(f"{where}: {err['msg']}. Received: {err.get('input')!r}.")
+                LossValidationError(f"{where}: {err['msg']}. Received: {echo(err.get('input'))}.")
             )
     raise LossValidationError.collect(problems) from None

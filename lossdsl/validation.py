@@ -12,25 +12,29 @@ Formula(expr=Sum(...))
 
 from __future__ import annotations
 
-import threading
+import sys
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lossdsl import ast, checker
-from lossdsl.arguments import UnitsArg
+from lossdsl.arguments import UnitsArg, bounded
+from lossdsl.cache import SizedCache
 from lossdsl.catalog import registry_version
 from lossdsl.checker import Checked
-from lossdsl.errors import LossValidationError
+from lossdsl.errors import LossTypeError, LossValidationError, echo
 from lossdsl.lints import LossDSLWarning, lint
 from lossdsl.parser import parse
+from lossdsl.trees import check_well_formed
 
-__all__ = ["CACHE_SIZE", "check", "clear_cache", "validate"]
+__all__ = ["CACHE_CHARACTERS", "CACHE_SIZE", "check", "clear_cache", "validate"]
 
 CACHE_SIZE = 4096
 """How many checked specs are kept (the least recently used go first)."""
+CACHE_CHARACTERS = 250_000
+"""How large the kept specs are at most, in characters of formula text plus one for each
+number and name of their ``units`` and ``params``."""
 
 
 @dataclass
@@ -39,17 +43,17 @@ class _Entry:
     lints: list[LossValidationError] | None = None
 
 
-_cache: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
-_lock = threading.Lock()
+_cache: SizedCache[_Entry] = SizedCache(max_entries=CACHE_SIZE, max_size=CACHE_CHARACTERS)
 
 
 _SCALARS = (int, float, str, bool, type(None))
 
 
 def _freeze(value: Any) -> Any:
-    """A hashable stand-in for a ``units`` or ``params`` argument that tells apart what the
-    checks tell apart (``1`` from ``True`` and ``1.0``); ``TypeError`` if there is none.
-    The plain types, which almost every call passes, are told by their exact type first."""
+    """A hashable stand-in for a ``units`` or ``params`` argument (already ``bounded``) that
+    tells apart what the checks tell apart (``1`` from ``True`` and ``1.0``); ``TypeError``
+    if there is none. The plain types, which almost every call passes, are told by their
+    exact type first."""
     kind = type(value)
     if kind in _SCALARS:
         return (kind, value)
@@ -61,29 +65,45 @@ def _freeze(value: Any) -> Any:
     return (kind, value)
 
 
+def _size(formula: str | ast.Formula, units: UnitsArg, params: Mapping[str, Any] | None) -> int:
+    text = formula if isinstance(formula, str) else formula.text()
+    return len(text) + _count(units) + _count(params)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, Mapping):
+        return sum(1 + _count(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_count(v) for v in value)
+    return 1
+
+
 def _entry(
     formula: str | ast.Formula,
     units: UnitsArg,
     params: Mapping[str, Any] | None,
     allow_negative: bool,
 ) -> _Entry:
+    if not isinstance(allow_negative, bool):
+        raise LossTypeError(
+            f"allow_negative must be true or false. Received: {echo(allow_negative)}."
+        )
+    bounded(units, "units")
+    bounded(params, "params")
+    if isinstance(formula, ast.Formula):  # checked before it is a key (a parsed one at once)
+        check_well_formed(formula)
     try:
         key = (formula, _freeze(units), _freeze(params), allow_negative, registry_version())
     except TypeError:  # an unhashable argument: check it uncached (and report it)
         key = None
     if key is not None:
-        with _lock:
-            hit = _cache.get(key)
-            if hit is not None:
-                _cache.move_to_end(key)
-                return hit
+        hit = _cache.get(key)
+        if hit is not None:
+            return hit
     parsed = parse(formula) if isinstance(formula, str) else formula
     entry = _Entry(checker.check(parsed, units=units, params=params, allow_negative=allow_negative))
     if key is not None:
-        with _lock:
-            _cache[key] = entry
-            if len(_cache) > CACHE_SIZE:
-                _cache.popitem(last=False)
+        _cache.put(key, entry, size=_size(formula, units, params))
     return entry
 
 
@@ -100,8 +120,7 @@ def check(
 
 def clear_cache() -> None:
     """Forget every checked spec (the parse cache is ``lossdsl.parser``'s)."""
-    with _lock:
-        _cache.clear()
+    _cache.clear()
 
 
 def validate(
@@ -134,5 +153,35 @@ def validate(
         if strict:
             raise LossValidationError.collect(entry.lints)
         for e in entry.lints:
-            warnings.warn(LossDSLWarning(str(e)), stacklevel=2)
+            _warn(LossDSLWarning(str(e)))
     return entry.checked.formula
+
+
+_registries: dict[str, dict[Any, Any]] = {}
+_REGISTRY_ENTRIES = 1000
+
+
+def _warn(warning: Warning) -> None:
+    """``warnings.warn(warning, stacklevel=3)`` (at the caller of ``validate``), with a
+    registry of warnings already shown that is bounded: Python keeps one entry per distinct
+    message for each calling module, forever, and each lint's message is distinct."""
+    frame = sys._getframe(2)
+    filename = frame.f_code.co_filename
+    if filename not in _registries and len(_registries) >= _REGISTRY_ENTRIES:
+        _registries.clear()
+    registry = _registries.setdefault(filename, {})
+    if len(registry) > _REGISTRY_ENTRIES:  # forget the older half (a dict keeps its order)
+        for key in list(registry)[: _REGISTRY_ENTRIES // 2]:
+            if key != "version":
+                del registry[key]
+    # As warnings.warn names the module (a caller without __name__, such as exec'd code, is
+    # "<string>"); the module's globals are not passed, since they only serve to find the
+    # source line, and finding it for __main__ of python -c raises ImportError.
+    warnings.warn_explicit(
+        warning,
+        type(warning),
+        filename,
+        frame.f_lineno,
+        module=frame.f_globals.get("__name__", "<string>"),
+        registry=registry,
+    )

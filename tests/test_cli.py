@@ -242,3 +242,236 @@ def test_a_limit_through_check_argument() -> None:
     assert done.returncode == 1
     assert expected in done.stderr
     assert "^" in done.stderr
+
+
+# -- untrusted command lines: usage errors, one JSON document, a batch that goes on ----------
+
+HUGE = "1" * 5_000
+DEEP = "[" * 30_000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--units", "²"), "--units takes the output width (a whole number, such as 2)"),
+        (("--units", HUGE), "--units: the number '111"),
+        (("--units", "two"), "--units takes the output width (a whole number, such as 2) or a"),
+        (("--units", DEEP), "Received: JSON nested too deeply to read."),
+        (("--params", DEEP), "--params takes a JSON mapping of parameter names to numbers"),
+        (("--params", '{"alpha": ' + "1" * 400 + "}"), "too large for a float"),
+        (("--units", '{"p": 0, "p": 1}'), "--units: the key 'p' appears twice."),
+        (("--units", '{"p": ' + HUGE + "}"), "(5,000 digits) is too large"),
+        (("--stdin",), "--stdin reads the formulas from standard input"),
+        (("--key", "loss"), "--key names the spec inside a --config FILE"),
+    ],
+    ids=[
+        "superscript-two",
+        "5000-digits",
+        "a-word",
+        "deep-units",
+        "deep-params",
+        "400-digit-param",
+        "duplicate-unit",
+        "5000-digit-column",
+        "formula-and-stdin",
+        "key-without-config",
+    ],
+)
+def test_unreadable_options_are_usage_errors(args: tuple[str, ...], message: str) -> None:
+    out = lossdsl("check", "alpha*mse(u0)", *args, stdin="")
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.splitlines()) == 1
+
+
+def test_options_beside_a_config_file_are_usage_errors() -> None:
+    config = "examples/config.yaml"
+    for args in (
+        ("--config", config, "--stdin"),
+        ("--config", config, "--key", "training.loss", "--units", "2"),
+        ("--config", config, "--key", "training.loss", "--where-mean", "batch"),
+    ):
+        out = lossdsl("check", *args, stdin="mse(u0)\n")
+        assert (out.returncode, out.stdout) == (2, ""), args
+        assert "Traceback" not in out.stderr
+
+
+def _one_json_document(out: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    result = json.loads(out.stdout)
+    assert isinstance(result, dict)
+    assert set(result) == {"valid", "errors", "warnings"}
+    return result
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "--json"),
+        ("check", "mse(u0)", "--units", "two", "--json"),
+        ("check", "mse(u0)", "--params", DEEP, "--json"),
+        ("check", "mse(u0)", "--js", "--bogus"),
+        ("check", "--config", "absent.yaml", "--json"),
+    ],
+    ids=["no-formula", "bad-units", "deep-params", "abbreviated", "absent-config"],
+)
+def test_json_output_is_one_document_whatever_happens(args: tuple[str, ...]) -> None:
+    out = lossdsl(*args)
+    assert out.returncode in (1, 2), out.stderr
+    result = _one_json_document(out)
+    assert result["valid"] is False
+    (error,) = result["errors"]  # type: ignore[misc]
+    assert set(error) == {"message", "line", "column", "end_column", "hint"}
+    assert "Traceback" not in out.stderr
+
+
+def test_a_yaml_key_that_is_not_a_string_in_json_output(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("expression: mse(u0)\n5: 1\n")
+    out = lossdsl("check", "--config", str(spec), "--json")
+    assert out.returncode == 1, out.stderr
+    (error,) = _one_json_document(out)["errors"]  # type: ignore[misc]
+    assert "the key '5' on line 2 is not a string" in error["message"]
+    assert (error["line"], error["column"]) == (2, 1)
+
+
+def test_an_internal_error_is_one_line_and_json_with_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lossdsl.cli
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(lossdsl.cli, "lint", broken)
+    assert lossdsl.cli.main(["check", "mse(u0)", "--json"]) == 1
+    out, err = capsys.readouterr()
+    message = "Internal error in lossdsl (RuntimeError: a bug); please report it."
+    assert json.loads(out)["errors"][0]["message"] == message
+    assert err == message + "\n"
+
+
+def test_the_config_hint_names_the_key_option() -> None:
+    out = lossdsl("check", "--config", "examples/config.yaml")
+    assert out.returncode == 1
+    assert "Hint: pass --key training.loss to read the spec at training.loss." in out.stderr
+
+
+def test_every_stdin_line_gets_its_own_result() -> None:
+    lines = [
+        "mse(u" + HUGE + ")",  # past Python's int-string digit limit
+        "# a comment, only",
+        "",
+        "   ",
+        "mse(u0)  # a formula and its comment",
+        "mse(u0) + " * 20_000,  # 200,000 characters, past the raw limit: not read
+        "bec(u0)",
+    ]
+    out = lossdsl("check", "--stdin", "--units", "1", stdin="\n".join(lines) + "\n")
+    assert out.returncode == 1, out.stderr
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(results) == len(lines)
+    assert results[0]["valid"] is False
+    assert "is too large" in results[0]["errors"][0]["message"]
+    skipped = {"valid": None, "errors": [], "warnings": []}
+    assert results[1:4] == [
+        {**skipped, "skipped": "comment"},
+        {**skipped, "skipped": "blank"},
+        {**skipped, "skipped": "blank"},
+    ]
+    assert results[4] == {"valid": True, "errors": [], "warnings": []}
+    (too_long,) = results[5]["errors"]
+    assert too_long["message"].startswith("The line is more than 100,000 characters long")
+    assert (too_long["line"], too_long["column"]) == (1, 100_001)
+    assert results[6]["errors"][0]["message"].startswith("Unknown function 'bec'")
+    only_comments = lossdsl("check", "--stdin", stdin="# nothing to check\n\n")
+    assert only_comments.returncode == 0
+
+
+def test_a_stdin_line_that_is_not_utf8_fails_alone() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lossdsl", "check", "--stdin", "--units", "1"],
+        input=b"mse(u0) + \xff\nmse(u0)\n",
+        capture_output=True,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["valid"] for r in results] == [False, True]
+    (error,) = results[0]["errors"]
+    assert error["message"] == "The line is not UTF-8 text: the byte 0xff cannot be decoded."
+    assert error["column"] == 11
+
+
+def test_a_stdin_line_is_read_in_bounded_pieces() -> None:
+    import io
+
+    from lossdsl.cli_input import read_lines
+
+    class Counting(io.StringIO):
+        longest = 0
+
+        def readline(self, size: int | None = -1, /) -> str:
+            line = super().readline(size)
+            Counting.longest = max(Counting.longest, len(line))
+            return line
+
+    stream = Counting("a" * 1_000_000 + "\nmse(u0)\n" + "b" * 25)
+    assert list(read_lines(stream, 100)) == [None, "mse(u0)", "b" * 25]
+    assert Counting.longest == 101
+
+
+def test_an_error_inside_lossdsl_fails_its_stdin_line_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    import lossdsl.cli
+
+    real = lossdsl.cli.check
+
+    def flaky(formula: str, **kwargs: object) -> object:
+        if "u1" in formula:
+            raise OverflowError("int too large to convert to float")
+        return real(formula, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lossdsl.cli, "check", flaky)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("mse(u1)\nmse(u0)\n"))
+    assert lossdsl.cli.main(["check", "--stdin", "--units", "2"]) == 1
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["errors"][0]["message"].startswith("Internal error in lossdsl (OverflowError")
+    assert second["valid"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("a.npz", "it is an .npz archive, not one array"),
+        ("s.npy", "it holds values of type <U1"),
+        ("c.csv", "cannot read it (This file contains pickled (object) data."),
+        ("absent.npy", "cannot read it (No such file or directory)"),
+    ],
+)
+def test_eval_reads_npy_files_of_numbers_only(tmp_path: Path, name: str, why: str) -> None:
+    np.save(tmp_path / "p.npy", np.zeros((2, 2), "float32"))
+    np.savez(tmp_path / "a.npz", x=np.zeros(2))
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    (tmp_path / "c.csv").write_text("1,2\n3,4\n")
+    bad = str(tmp_path / name)
+    out = lossdsl("eval", "mse(u0)", "--units", "2", "--y-true", bad, "--y-pred",
+                  str(tmp_path / "p.npy"))  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"lossdsl: --y-true {bad}: {why}")
+    assert out.stderr.rstrip().endswith(
+        "eval reads arrays of numbers or booleans saved with numpy.save (.npy files)."
+    )
+
+
+def test_fmt_checks_the_syntax_only() -> None:
+    # A constant after a condition is refused by the parser itself, so by fmt too.
+    out = lossdsl("fmt", "bce(u0) + mse(u1) where pred(u0) > 1 - alpha")
+    assert out.returncode == 1
+    assert out.stderr.startswith("A constant follows a condition: '- alpha' is a term of its own")
+    # An unknown function is a check's finding, not the syntax's.
+    assert lossdsl("fmt", "bec(u9)").stdout == "bec(u9)\n"

@@ -38,6 +38,8 @@ def _expected_caret(formula: str, start: int, end: int) -> str:
     line_end = len(formula) if line_end == -1 else line_end
     width = max(1, min(end, line_end) - start)
     line = formula[line_start:line_end].rstrip()
+    # What no terminal can print (a control character, a lone surrogate) is shown as U+FFFD.
+    line = "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in line)
     return f"    {line}\n    {' ' * (start - line_start)}{'^' * width}"
 
 
@@ -72,6 +74,8 @@ def test_error_case(case: dict[str, Any]) -> None:
         assert err.message == case["message"]
     if "hint" in case:
         assert err.hint is not None and case["hint"] in err.hint
+    if case.get("no_hint"):
+        assert err.hint is None, err.hint
     start, end = _expected_span(formula, case)
     assert err.source == formula
     assert err.span is not None

@@ -3,6 +3,9 @@ without retracing, trace-time errors, configs, dtypes."""
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import keras
 import numpy as np
 import pytest
@@ -332,3 +335,57 @@ def test_autograph_leaves_the_compiled_formula_alone() -> None:
 
     traced = tf.function(user_step)
     np.testing.assert_allclose(traced(y, y * 0.9), loss.call(y, y * 0.9), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("formula", "units", "shapes", "hint"),
+    [
+        ("mse(u0)", 1, ((8,), (8, 1)), "keras.ops.expand_dims(y, -1)"),
+        ("cce(u[0:3])", 3, ((8,), (8, 3)), "if y_true holds class indices"),
+        ("cce(u[0:3])", 3, ((8, 1), (8, 3)), "'true': 0}} and labels of shape (8, 1)"),
+        ("mse(u[0:2])", None, ((8, 3), (8, 2)), "y_pred has 1 unit fewer than y_true"),
+        ("mse(u[0:2])", None, ((8, 2), (8, 4)), "y_true has 2 units fewer than y_pred"),
+    ],
+)
+def test_a_shape_mismatch_says_how_to_fix_it(
+    formula: str, units: Any, shapes: tuple[tuple[int, ...], ...], hint: str
+) -> None:
+    loss = lossdsl.compile_loss(formula, units=units)
+    with pytest.raises(lossdsl.LossInputError) as info:
+        loss(np.zeros(shapes[0], "float32"), np.zeros(shapes[1], "float32"))
+    assert info.value.hint is not None and hint in info.value.hint, info.value.hint
+
+
+def test_from_config_and_set_param_refuse_bad_values_with_lossdsl_errors() -> None:
+    from lossdsl.keras.loss import FormulaLoss
+    from lossdsl.keras.metrics import TermMetric
+
+    loss = lossdsl.compile_loss("a*mse(u0) + bce(u1)", units=2, params={"a": 0.5})
+    config = loss.get_config()
+    metric = loss.term_metrics()[0].get_config()
+    bad = [
+        (lambda: FormulaLoss.from_config({**config, "params": "x"}), "params must map"),
+        (lambda: FormulaLoss.from_config({**config, "parms": {}}), "unknown key 'parms'"),
+        (lambda: FormulaLoss.from_config({**config, "params": {"a": 10**400}}), "float32"),
+        (lambda: FormulaLoss.from_config("mse(u0)"), "expects the dict"),
+        (lambda: TermMetric.from_config({**metric, "term": 99}), "term must be an index"),
+        (lambda: TermMetric.from_config({**metric, "term": True}), "term must be an index"),
+        (lambda: loss.set_param("a", 10**400), "must be a finite number"),
+        (lambda: loss.set_param("a", "0.5"), "must be a finite number"),
+    ]
+    for make, message in bad:
+        with pytest.raises(lossdsl.LossValidationError, match=re.escape(message)):
+            make()
+
+
+def test_the_deepest_formula_accepted_trains() -> None:
+    # 200 operations inside one another, the parser's limit: compiled and traced without
+    # coming near Python's recursion limit, in fit and under XLA.
+    formula = "mse(u0) + 0.01*" + "(t*" * 98 + "pred(u0)" + "+pred(u0))" * 98
+    loss = lossdsl.compile_loss(formula, units=1, params={"t": 0.5})
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    x, y = np.full((8, 3), 0.5, "float32"), np.full((8, 1), 0.25, "float32")
+    for jit in (False, True):
+        model.compile(optimizer="sgd", loss=loss, jit_compile=jit)
+        history = model.fit(x, y, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])

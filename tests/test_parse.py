@@ -158,7 +158,7 @@ def test_concurrent_parse_and_validate_match_sequential() -> None:
             return f"{type(e).__name__}: {e}"
 
     expected = [outcome(t) for t in texts]
-    lossdsl.parser._parse_cached.cache_clear()
+    lossdsl.parser.clear_cache()
     results: dict[int, list[str]] = {}
 
     def work(k: int) -> None:

@@ -70,7 +70,10 @@ def test_syntax_errors_come_through_unwrapped() -> None:
         ({"units": 2}, "The loss spec has no 'expression'."),
         ({"expression": 3}, "expression must be the formula text. Received: int."),
         ({"expression": "mse(u0)", "units": "two"}, "units must be the output width"),
-        ({"expression": "mse(u0)", "units": 0}, "units must be at least 1. Received: units=0."),
+        (
+            {"expression": "mse(u0)", "units": 0},
+            "units must be between 1 and 2,147,483,647. Received: units=0.",
+        ),
         ({"expression": "mse(u0)", "units": True}, "units must be the output width"),
         ({"expression": "mse(u0)", "params": [1, 2]}, "params must map names to numbers."),
         ({"expression": "mse(u0)", "params": {"u1": 1.0}}, "'u1' is reserved"),

@@ -187,6 +187,40 @@ def float_dtype(x: Any) -> str:
     return dtype if "float" in dtype else keras.config.floatx()
 
 
+def _mismatch_hint(ts: tuple[Any, ...], ps: tuple[Any, ...]) -> str:
+    """How to fix labels of shape ``ts`` that do not fit predictions of shape ``ps``."""
+    sparse = (
+        "if y_true holds class indices, read them as such with a label layout: "
+        f"units={{'cls': {{'pred': [0, {ps[-1]}], 'true': 0}}}} and labels of shape "
+        f"{(*ps[:-1], 1)}"
+    )
+    if ts == ps[:-1]:  # the labels lack the units axis
+        if ps[-1] == 1:
+            return (
+                "lossdsl reads labels column by column and does not reshape them, as a "
+                f"{ts} label against a {ps} output would broadcast; give the labels the "
+                "output's shape: keras.ops.expand_dims(y, -1)."
+            )
+        return f"{sparse} (keras.ops.expand_dims(y, -1))."
+    if len(ts) == len(ps) and ts[:-1] == ps[:-1]:  # the same but for the units axis
+        if ts[-1] == 1 and ps[-1] is not None and ps[-1] >= 2:
+            return f"{sparse}."
+        if ts[-1] is not None and ps[-1] is not None:
+            short, other = ("y_pred", "y_true") if ps[-1] < ts[-1] else ("y_true", "y_pred")
+            by = abs(ts[-1] - ps[-1])
+            return (
+                f"{short} has {by} unit{'s' if by != 1 else ''} fewer than {other}; check "
+                "the model's output width, or declare which columns each side reads: "
+                "units={'name': {'pred': [0, 2], 'true': 0}}."
+            )
+            return (
+                f"{short} is {by} unit{'s' if by != 1 else ''} narrower than the other; check "
+                "the model's output width, or declare which columns each side reads: "
+                "units={'name': {'pred': [0, 2], 'true': 0}}."
+            )
+    return "give the labels the output's shape, (batch, ..., units)."
+
+
 def check_inputs(checked: Checked, y_true: Any, y_pred: Any) -> None:
     """Clear errors, at trace time, for inputs this formula cannot use."""
     text = checked.formula.text()
@@ -217,9 +251,7 @@ def check_inputs(checked: Checked, y_true: Any, y_pred: Any) -> None:
             f"y_true and y_pred must have the same {same}. Received: y_true {ts} and y_pred {ps}.",
             source=text,
             span=whole,
-            hint="lossdsl reads labels column by column and does not reshape them, as a "
-            "(batch,) label against a (batch, 1) output would broadcast to (batch, batch); "
-            "give the labels the output's shape, such as keras.ops.expand_dims(y, -1).",
+            hint=_mismatch_hint(ts, ps),
         )
     if ps[-1] is None or ts[-1] is None:
         raise LossInputError(

@@ -30,10 +30,10 @@ from typing import Any
 import keras
 
 from lossdsl import ast
-from lossdsl.errors import LossValidationError
+from lossdsl.errors import LossValidationError, echo
 from lossdsl.keras.compiler import Program
 from lossdsl.keras.metrics import ParamState, TermMetric, term_names
-from lossdsl.spec import LossSpec
+from lossdsl.spec import LossSpec, spec_from_config
 from lossdsl.suggest import did_you_mean
 
 __all__ = ["FormulaLoss"]
@@ -175,11 +175,13 @@ class FormulaLoss(keras.losses.Loss):
         try:
             # Numbers, numpy scalars and 0-d tensors; never text or booleans.
             number = math.nan if isinstance(value, str | bytes | bool) else float(value)
+        except OverflowError:  # an integer beyond float64
+            number = math.inf
         except (TypeError, ValueError):
             number = math.nan
         if not math.isfinite(number):
             raise LossValidationError(
-                f"Parameter '{name}' must be a finite number. Received: {value!r}."
+                f"Parameter '{name}' must be a finite number. Received: {echo(value)}."
             )
         spec = self._spec.with_params({**self._spec.params, name: number})
         self._variables[name].assign(number)
@@ -216,9 +218,8 @@ class FormulaLoss(keras.losses.Loss):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FormulaLoss:
         """The loss ``get_config`` describes: the spec's fields beside the Loss arguments."""
-        fields = {k: v for k, v in config.items() if k in LossSpec.model_fields}
-        rest = {k: v for k, v in config.items() if k not in LossSpec.model_fields}
-        return cls(LossSpec.model_validate(fields), **rest)
+        spec, rest = spec_from_config(config, ("name", "reduction", "dtype"), "FormulaLoss")
+        return cls(spec, **rest)
 
     def __repr__(self) -> str:
         return f"FormulaLoss({str(self.formula)!r}, name={self.name!r})"

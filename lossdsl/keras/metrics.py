@@ -22,8 +22,9 @@ import keras
 from keras import ops
 
 from lossdsl.checker import Checked
+from lossdsl.errors import LossValidationError, echo
 from lossdsl.keras.compiler import Program
-from lossdsl.spec import LossSpec
+from lossdsl.spec import LossSpec, spec_from_config
 
 __all__ = ["ParamState", "TermMetric", "term_names"]
 
@@ -108,8 +109,11 @@ class TermMetric(keras.metrics.Metric):
         param_state: ParamState | None = None,
     ) -> None:
         count = len(spec.checked.terms)
-        if not isinstance(term, int) or not 0 <= term < count:
-            raise ValueError(f"term must be in [0, {count}). Received: {term!r}.")
+        if not isinstance(term, int) or isinstance(term, bool) or not 0 <= term < count:
+            raise LossValidationError(
+                f"term must be an index in [0, {count}), as the formula has {count} term"
+                f"{'s' if count != 1 else ''}. Received: {echo(term)}."
+            )
         if name is None:
             name = term_names(spec.checked)[term]
         super().__init__(name=name, dtype=dtype or "float32")
@@ -161,6 +165,5 @@ class TermMetric(keras.metrics.Metric):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TermMetric:
         """The metric ``get_config`` describes: the spec's fields beside the metric's own."""
-        fields = {k: v for k, v in config.items() if k in LossSpec.model_fields}
-        rest = {k: v for k, v in config.items() if k not in LossSpec.model_fields}
-        return cls(LossSpec.model_validate(fields), **rest)
+        spec, rest = spec_from_config(config, ("term", "weighted", "name", "dtype"), "TermMetric")
+        return cls(spec, **rest)
