@@ -469,7 +469,7 @@ def check_files(spec: Any, nested: bool, style: int, outcomes: Counter[str]) -> 
 def test_spec_objects_succeed_or_raise_loss_dsl_errors() -> None:
     outcomes: Counter[str] = Counter()
 
-    @settings(max_examples=160, **SETTINGS)
+    @settings(max_examples=100, **SETTINGS)
     @given(specs())
     @example({"expression": "mse(u0)", "units": 10**400})
     @example({"expression": "mse(a)", "units": {"\ud800": 0, 5: 1, (1, 2): 2, None: 3}})
@@ -750,7 +750,7 @@ def config_texts(draw: st.DrawFn) -> tuple[str, str, str | None]:
     return suffix, text, key
 
 
-@settings(max_examples=200, **SETTINGS)
+@settings(max_examples=120, **SETTINGS)
 @given(config_texts())
 def test_edited_config_texts_succeed_or_raise_loss_dsl_errors(
     config: tuple[str, str, str | None],
