@@ -167,8 +167,15 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                 f"The parameter '{name}' is declared but never used.",
                 "remove it from params, or use it.",
             )
+    # Terms are hashed (a walk of each) only where another term has the same shape.
+    shapes: dict[tuple[object, ...], int] = {}
+    for term in checked.terms:
+        shape = _shape(term.expr)
+        shapes[shape] = shapes.get(shape, 0) + 1
     seen: set[ast.Expr] = set()
     for term in checked.terms:
+        if shapes[_shape(term.expr)] == 1:
+            continue
         if term.expr in seen:
             shown = str(term.expr) if isinstance(term.expr, ast.Call) else f"({term.expr})"
             yield _make(
@@ -178,3 +185,12 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                 f"write it once with a weight: 2*{shown}.",
             )
         seen.add(term.expr)
+
+
+def _shape(node: ast.Node) -> tuple[object, ...]:
+    """What two equal terms share, found without a walk: their kind and their children's kinds
+    (calls by name)."""
+    return (
+        node.name if isinstance(node, ast.Call) else type(node),
+        *(c.name if isinstance(c, ast.Call) else type(c) for c in node.children()),
+    )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lossdsl import ast, checker
-from lossdsl.arguments import UnitsArg, bounded
+from lossdsl.arguments import MAX_ITEMS, MAX_NESTING, UnitsArg, bounded
 from lossdsl.cache import SizedCache
 from lossdsl.catalog import registry_version
 from lossdsl.checker import Checked
@@ -46,21 +46,43 @@ class _Entry:
 _cache: SizedCache[_Entry] = SizedCache(max_entries=CACHE_SIZE, max_size=CACHE_CHARACTERS)
 
 
-_SCALARS = (int, float, str, bool, type(None))
-
-
 def _freeze(value: Any) -> Any:
-    """A hashable stand-in for a ``units`` or ``params`` argument (already ``bounded``) that
-    tells apart what the checks tell apart (``1`` from ``True`` and ``1.0``); ``TypeError``
-    if there is none. The plain types, which almost every call passes, are told by their
-    exact type first."""
+    """A hashable stand-in for a ``units`` or ``params`` argument that tells apart what the
+    checks tell apart (``1`` from ``True`` and ``1.0``); ``TypeError`` if there is none, or if
+    the argument nests or holds more than ``arguments.bounded`` allows (it is then checked
+    uncached, and ``bounded`` says what is wrong). Texts and ints stand for themselves, which
+    no other stand-in (a tuple) can equal."""
     kind = type(value)
-    if kind in _SCALARS:
+    if kind is int or value is None:
+        return value
+    return _frozen(value, 0, [MAX_ITEMS])
+
+
+def _frozen(value: Any, depth: int, budget: list[int]) -> Any:
+    kind = type(value)
+    if kind is str or kind is int:
+        return value
+    if kind is float or kind is bool or value is None:
         return (kind, value)
+    if depth == MAX_NESTING:
+        raise TypeError("nested too deep to be a key")
     if kind is dict or isinstance(value, Mapping):
-        return (Mapping, tuple((_freeze(k), _freeze(v)) for k, v in value.items()))
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            raise TypeError("too large to be a key")
+        depth += 1
+        return (
+            Mapping,
+            tuple(
+                [(_frozen(k, depth, budget), _frozen(v, depth, budget)) for k, v in value.items()]
+            ),
+        )
     if kind is list or kind is tuple or isinstance(value, list | tuple):
-        return (list, tuple(_freeze(v) for v in value))
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            raise TypeError("too large to be a key")
+        depth += 1
+        return (list, tuple([_frozen(v, depth, budget) for v in value]))
     hash(value)
     return (kind, value)
 
@@ -88,18 +110,18 @@ def _entry(
         raise LossTypeError(
             f"allow_negative must be true or false. Received: {echo(allow_negative)}."
         )
-    bounded(units, "units")
-    bounded(params, "params")
     if isinstance(formula, ast.Formula):  # checked before it is a key (a parsed one at once)
         check_well_formed(formula)
     try:
         key = (formula, _freeze(units), _freeze(params), allow_negative, registry_version())
-    except TypeError:  # an unhashable argument: check it uncached (and report it)
+    except TypeError:  # unhashable, or too large: checked uncached (and reported)
         key = None
     if key is not None:
         hit = _cache.get(key)
         if hit is not None:
             return hit
+    bounded(units, "units")
+    bounded(params, "params")
     parsed = parse(formula) if isinstance(formula, str) else formula
     entry = _Entry(checker.check(parsed, units=units, params=params, allow_negative=allow_negative))
     if key is not None:
