@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from lossdsl import ast
-from lossdsl.catalog import check_identifier, function_names
+from lossdsl.catalog import check_identifier, lookup
 from lossdsl.constants import F32_MAX, is_real, to_float
 from lossdsl.errors import LossDSLError, LossValidationError, Span, echo
 from lossdsl.parser import MAX_UNITS
@@ -133,7 +133,7 @@ class UnitTable:
                 f"write {fn}(u0), {fn}(u[0:3]) or {fn}(name) with units={{'name': 0}}.",
             )
         width = self.width
-        stop = max(side[1] for side in (binding.true, binding.pred) if side is not None)
+        stop = max(binding.true[1] if binding.true else 0, binding.pred[1] if binding.pred else 0)
         if width is not None and stop > width:
             last = f"u0..u{width - 1}" if width > 1 else "only u0"
             return binding, (
@@ -213,7 +213,8 @@ _SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def _is_int(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    # An int is by far the common case, and the ABC check is slow on anything else.
+    return type(x) is int or (isinstance(x, numbers.Integral) and not isinstance(x, bool))
 
 
 def _columns(value: object) -> Columns | None:
@@ -232,6 +233,9 @@ def _columns(value: object) -> Columns | None:
 
 def _binding(value: object) -> Binding | None:
     """A units entry as a binding: one range for both sides, or each side of its own."""
+    cols = _columns(value)
+    if cols is not None:
+        return Binding(cols, cols)
     if isinstance(value, Mapping):
         if not value or not set(value) <= {"pred", "true"}:
             return None
@@ -239,8 +243,7 @@ def _binding(value: object) -> Binding | None:
         if any(cols is None for cols in sides.values()):
             return None
         return Binding(sides.get("true"), sides.get("pred"))
-    cols = _columns(value)
-    return None if cols is None else Binding(cols, cols)
+    return None
 
 
 def _no_use(name: str) -> Span | None:
@@ -272,10 +275,9 @@ def unit_table(units: UnitsArg, locate: Locate = _no_use) -> tuple[UnitTable, li
         return UnitTable(), problems
     names: dict[str, Binding] = {}
     invalid: set[str] = set()
-    functions = set(function_names())
     for key, value in units.items():
         problem = check_identifier(key, "unit")
-        if problem is None and key in functions:
+        if problem is None and lookup(key) is not None:
             problem = f"{echo(key)} is a function name and cannot name a unit."
         if problem:
             if isinstance(key, str):  # a name the formula may use (others cannot be)

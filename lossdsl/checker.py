@@ -37,7 +37,7 @@ from lossdsl.arguments import UnitsArg, UnitTable, param_problems, unit_table
 from lossdsl.calls import CallChecks
 from lossdsl.constants import Undefined, evaluate, is_real, outside_float32, to_float
 from lossdsl.errors import LossDSLError, LossTypeError, LossValidationError, Span, echo
-from lossdsl.levels import CONDITION, TOP, Level, Place, level_map
+from lossdsl.levels import CONDITION, TOP, Level, Place, node_facts
 from lossdsl.suggest import did_you_mean
 from lossdsl.terms import Term, split_terms
 
@@ -90,10 +90,10 @@ def _check(
     locate = _FirstUse(formula.expr)
     table, problems = unit_table(units, locate=locate)
     problems += param_problems(params, table, locate=locate)
-    checker = _Checker(formula.expr, table, values)
+    facts = node_facts(formula.expr)
+    checker = _Checker(table, values, facts.data)
     checker.value(formula.expr, TOP)
-    levels, level_problems = level_map(formula.expr)
-    for node, message, hint in level_problems:
+    for node, message, hint in facts.problems:
         checker.error(node, message, hint)
     if not checker.reads_data(formula.expr):
         checker.error(
@@ -114,8 +114,8 @@ def _check(
         params=MappingProxyType(values),
         allow_negative=allow_negative,
         terms=terms,
-        level=Level.EXAMPLE if levels[id(formula.expr)] >= Level.EXAMPLE else Level.POSITION,
-        term_levels=tuple(levels[id(t.expr)] for t in terms),
+        level=Level.EXAMPLE if facts.levels[id(formula.expr)] >= Level.EXAMPLE else Level.POSITION,
+        term_levels=tuple(facts.levels[id(t.expr)] for t in terms),
         stops=MappingProxyType(checker.stops),
     )
 
@@ -141,12 +141,12 @@ class _FirstUse:
 class _Checker(CallChecks):
     """One walk over the AST, collecting problems instead of stopping at the first."""
 
-    def __init__(self, root: ast.Expr, units: UnitTable, params: Mapping[str, Any]) -> None:
+    def __init__(self, units: UnitTable, params: Mapping[str, Any], data: set[int]) -> None:
         self.units = units
         self.params = params
         self.problems: list[LossDSLError] = []
         self._messages: set[str] = set()
-        self._data = _data_nodes(root)
+        self._data = data
         self.stops = {"true": (0, None), "pred": (0, None)}
 
     def error(self, node: ast.Node | Span | None, message: str, hint: str | None = None) -> None:
@@ -327,20 +327,3 @@ class _Checker(CallChecks):
                 "to -infinity; pass allow_negative=True if this is intended (for instance when "
                 f"'{term.body}' is itself never positive).",
             )
-
-
-def _data_nodes(root: ast.Node) -> set[int]:
-    """The ids of the nodes under ``root`` that depend on the data (the tree's depth is
-    bounded by the parser, so the recursion is too)."""
-    out: set[int] = set()
-
-    def visit(node: ast.Node) -> bool:
-        data = ast.reads_data(node)
-        for child in node.children():
-            data = visit(child) or data
-        if data:
-            out.add(id(node))
-        return data
-
-    visit(root)
-    return out

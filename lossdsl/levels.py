@@ -7,8 +7,8 @@ meet only as the rules below allow; the checker reports the rest with a caret.
 
 >>> from lossdsl import parse
 >>> f = parse("divide_no_nan(sum(bce(cls) where true(u0) > 0), sum(1 where true(u0) > 0))")
->>> levels, problems = level_map(f.expr)
->>> levels[id(f.expr)], problems
+>>> facts = node_facts(f.expr)
+>>> facts.levels[id(f.expr)], facts.problems
 (<Level.EXAMPLE: 2>, [])
 >>> combine(Level.POSITION, Level.EXAMPLE) is None
 True
@@ -19,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from lossdsl import ast
 from lossdsl.catalog import Aggregate, LossEntry, MathFunction, lookup
 
-__all__ = ["CONDITION", "TOP", "Level", "Place", "combine", "level_map"]
+__all__ = ["CONDITION", "TOP", "Facts", "Level", "Place", "combine", "node_facts"]
 
 Problem = tuple[ast.Node, str, str | None]
 """Where the problem is, what it is, and a hint."""
@@ -56,20 +57,38 @@ def combine(a: Level, b: Level) -> Level | None:
     return None
 
 
-def level_map(root: ast.Node) -> tuple[dict[int, Level], list[Problem]]:
-    """The level of every node under ``root`` (by ``id``), and each place where values of
-    different levels meet in a way that has no meaning."""
-    levels: dict[int, Level] = {}
-    problems: list[Problem] = []
+class Facts(NamedTuple):
+    """What the checks and the compiler know of each node under a root, by the node's ``id``."""
 
-    def visit(node: ast.Node) -> Level:
-        children = [(child, visit(child)) for child in node.children()]
-        level = _level(node, children, problems)
-        levels[id(node)] = level
-        return level
+    levels: dict[int, Level]
+    data: set[int]
+    """The nodes that depend on ``y_true`` or ``y_pred`` (those that are not constants)."""
+    problems: list[Problem]
+    """Each place where values of different levels meet in a way that has no meaning."""
 
-    visit(root)
-    return levels, problems
+
+def node_facts(root: ast.Node) -> Facts:
+    """The level of every node under ``root``, which of them depend on the data, and the
+    problems, in one walk (the tree's depth is bounded by the parser, so the recursion is)."""
+    facts = Facts({}, set(), [])
+    _visit(root, facts)
+    return facts
+
+
+def _visit(node: ast.Node, facts: Facts) -> Level:
+    data = ast.reads_data(node)
+    children = []
+    for child in node.children():
+        children.append((child, _visit(child, facts)))
+        data = data or id(child) in facts.data
+    if children or isinstance(node, ast.Call):
+        level = _level(node, children, facts.problems)
+    else:  # a number, a name or a unit selector
+        level = Level.CONSTANT
+    facts.levels[id(node)] = level
+    if data:
+        facts.data.add(id(node))
+    return level
 
 
 def _level(

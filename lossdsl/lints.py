@@ -21,6 +21,7 @@ LD100    stands for the lints past the first 49, which are not shown
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from lossdsl import ast
@@ -168,13 +169,11 @@ def _lints(checked: Checked) -> Iterator[LossValidationError]:
                 "remove it from params, or use it.",
             )
     # Terms are hashed (a walk of each) only where another term has the same shape.
-    shapes: dict[tuple[object, ...], int] = {}
-    for term in checked.terms:
-        shape = _shape(term.expr)
-        shapes[shape] = shapes.get(shape, 0) + 1
+    shapes = [_shape(term.expr) for term in checked.terms]
+    counts = Counter(shapes)
     seen: set[ast.Expr] = set()
-    for term in checked.terms:
-        if shapes[_shape(term.expr)] == 1:
+    for term, shape in zip(checked.terms, shapes, strict=True):
+        if counts[shape] == 1:
             continue
         if term.expr in seen:
             shown = str(term.expr) if isinstance(term.expr, ast.Call) else f"({term.expr})"

@@ -34,7 +34,7 @@ CACHE_SIZE = 4096
 """How many checked specs are kept (the least recently used go first)."""
 CACHE_CHARACTERS = 250_000
 """How large the kept specs are at most, in characters of formula text plus one for each
-number and name of their ``units`` and ``params``."""
+entry and item of their ``units`` and ``params``."""
 
 
 @dataclass
@@ -46,16 +46,17 @@ class _Entry:
 _cache: SizedCache[_Entry] = SizedCache(max_entries=CACHE_SIZE, max_size=CACHE_CHARACTERS)
 
 
-def _freeze(value: Any) -> Any:
+def _freeze(value: Any, budget: list[int]) -> Any:
     """A hashable stand-in for a ``units`` or ``params`` argument that tells apart what the
     checks tell apart (``1`` from ``True`` and ``1.0``); ``TypeError`` if there is none, or if
-    the argument nests or holds more than ``arguments.bounded`` allows (it is then checked
-    uncached, and ``bounded`` says what is wrong). Texts and ints stand for themselves, which
-    no other stand-in (a tuple) can equal."""
+    the argument nests deeper than ``MAX_NESTING`` or holds more items than are left in
+    ``budget`` (it is then checked uncached, and ``arguments.bounded`` says what is wrong).
+    Texts and ints stand for themselves, which no other stand-in (a tuple) can equal. Each
+    entry and item is taken from ``budget[0]``."""
     kind = type(value)
     if kind is int or value is None:
         return value
-    return _frozen(value, 0, [MAX_ITEMS])
+    return _frozen(value, 0, budget)
 
 
 def _frozen(value: Any, depth: int, budget: list[int]) -> Any:
@@ -87,19 +88,6 @@ def _frozen(value: Any, depth: int, budget: list[int]) -> Any:
     return (kind, value)
 
 
-def _size(formula: str | ast.Formula, units: UnitsArg, params: Mapping[str, Any] | None) -> int:
-    text = formula if isinstance(formula, str) else formula.text()
-    return len(text) + _count(units) + _count(params)
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, Mapping):
-        return sum(1 + _count(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(_count(v) for v in value)
-    return 1
-
-
 def _entry(
     formula: str | ast.Formula,
     units: UnitsArg,
@@ -112,8 +100,10 @@ def _entry(
         )
     if isinstance(formula, ast.Formula):  # checked before it is a key (a parsed one at once)
         check_well_formed(formula)
+    budget = [MAX_ITEMS]
     try:
-        key = (formula, _freeze(units), _freeze(params), allow_negative, registry_version())
+        frozen = (_freeze(units, budget), _freeze(params, budget))
+        key = (formula, *frozen, allow_negative, registry_version())
     except TypeError:  # unhashable, or too large: checked uncached (and reported)
         key = None
     if key is not None:
@@ -125,7 +115,8 @@ def _entry(
     parsed = parse(formula) if isinstance(formula, str) else formula
     entry = _Entry(checker.check(parsed, units=units, params=params, allow_negative=allow_negative))
     if key is not None:
-        _cache.put(key, entry, size=_size(formula, units, params))
+        text = formula if isinstance(formula, str) else formula.text()
+        _cache.put(key, entry, size=len(text) + 1 + MAX_ITEMS - budget[0])
     return entry
 
 

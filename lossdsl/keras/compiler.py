@@ -38,7 +38,7 @@ from lossdsl.errors import LossValidationError
 from lossdsl.keras.context import Context, check_inputs, float_dtype, shapes_differ
 from lossdsl.keras.distribute import global_sum, replicas
 from lossdsl.kernels import in_float32
-from lossdsl.levels import Level, level_map
+from lossdsl.levels import Level, node_facts
 
 if TYPE_CHECKING:
     from lossdsl.spec import LossSpec
@@ -134,7 +134,7 @@ class Program:
         self.checked = checked = spec.checked
         self.where_mean = spec.where_mean
         self.per_example = checked.level is Level.EXAMPLE
-        self._levels, _ = level_map(checked.formula.expr)
+        self._levels = node_facts(checked.formula.expr).levels
         # Subexpressions written more than once (structurally: spans take no part in
         # equality) share one closure, whose value each evaluation computes once.
         self._repeated = {
