@@ -109,17 +109,21 @@ def retina_keras_io(y_true: Any, y_pred: Any) -> Any:
 
 
 def retina_nan_safe(y_true: Any, y_pred: Any) -> Any:
-    """The same loss with lossdsl's guarantee: each term's masked anchors have their labels
+    """The same loss with lossdsl's guarantees: each term's masked anchors have their labels
     replaced by 0 and their predictions by 0.5 before the term is computed, and the term is
     selected with ``where`` after (the double where), so a NaN or inf there reaches neither
-    the value nor the gradient. One division, as the formula has."""
+    the value nor the gradient; a class id outside [0, 80) has no class (keras-io casts it to
+    an integer, so -0.5 is class 0). One division, as the formula has."""
     from keras import ops
 
     cls_id = y_true[..., 4]
     kept = ops.not_equal(cls_id, -2.0)
     positive = ops.greater_equal(cls_id, 0.0)
+    # As lossdsl reads a class index: one outside [0, 80) (or not a number) has no class.
+    index = ops.where(kept, cls_id, 0.0)
+    known = ops.logical_and(ops.greater_equal(index, 0.0), ops.less(index, RETINA_CLASSES))
     labels = ops.one_hot(
-        ops.cast(ops.where(kept, cls_id, 0.0), "int32"), RETINA_CLASSES, dtype=y_pred.dtype
+        ops.cast(ops.where(known, index, -1.0), "int32"), RETINA_CLASSES, dtype=y_pred.dtype
     )
     logits = ops.where(ops.expand_dims(kept, -1), y_pred[..., 4:], 0.5)
     clf = ops.where(kept, _focal_sum(labels, logits), 0.0)

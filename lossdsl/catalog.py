@@ -119,7 +119,10 @@ class LossEntry:
     keras_name: str | None = None
     """The ``keras.losses`` function whose per-sample value this equals."""
     column: Callable[..., Any] | None = None
-    """For one unit: the same value from the 1-D columns ``y[..., j]`` (see ``kernels``)."""
+    """Keras's expression for each unit before its mean over the units (see ``kernels``)."""
+    one_hot_column: Callable[..., Any] | None = None
+    """``column`` for one-hot rows of class indices (labels exactly 0 or 1), if it has a form
+    that does less work."""
     builtin: bool = True
     """Built-in losses compute in float32 for float16 and bfloat16 inputs."""
     sparse: Callable[..., Any] | None = None
@@ -205,23 +208,12 @@ def _builtin(
     keras_name: str,
     summary: str,
     *keywords: KeywordSpec,
-    min_units: int = 1,
     columns: Callable[..., Any] | None = None,
-    column: Callable[..., Any] | None = None,
-    sparse: Callable[..., Any] | None = None,
-    level: Level = "position",
+    **options: Any,
 ) -> LossEntry:
-    return LossEntry(
-        name,
-        summary,
-        columns or _keras_loss(keras_name),
-        {k.name: k for k in keywords},
-        min_units,
-        keras_name,
-        column,
-        sparse=sparse,
-        level=level,
-    )
+    keyword_specs = {k.name: k for k in keywords}
+    loss = columns or _keras_loss(keras_name)
+    return LossEntry(name, summary, loss, keyword_specs, keras_name=keras_name, **options)
 
 
 _FROM_LOGITS = _flag("from_logits")
@@ -258,6 +250,7 @@ _BUILTINS = [
         _SMOOTHING,
         columns=kernels.focal,
         column=kernels.focal_column,
+        one_hot_column=kernels.focal_one_hot_column,
     ),
     _builtin("mse", "mean_squared_error", "mean squared error", column=kernels.mse_column),
     _builtin("mae", "mean_absolute_error", "mean absolute error", column=kernels.mae_column),

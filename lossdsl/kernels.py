@@ -23,6 +23,7 @@ __all__ = [
     "dice",
     "focal",
     "focal_column",
+    "focal_one_hot_column",
     "huber_column",
     "in_float32",
     "keras",
@@ -95,16 +96,25 @@ def focal_column(
     alpha: float | None = None,
     from_logits: bool = False,
     label_smoothing: float = 0.0,
+    one_hot: bool = False,
 ) -> Any:
-    """``focal`` before its mean over the units: one value per element."""
+    """``focal`` before its mean over the units: one value per element. ``one_hot``: the
+    labels are exactly 0 or 1 (one-hot rows of class indices), so ``1 - p_t`` and the class
+    weight are selected by the label, as keras-io's RetinaNet loss does, rather than computed
+    from it: the same values, with less work."""
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(y_true, y_pred.dtype)
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        one_hot = False
     prob = ops.sigmoid(y_pred) if from_logits else y_pred
     out = ops.binary_crossentropy(y_true, y_pred, from_logits=from_logits)
+    is_class = ops.equal(y_true, 1.0) if one_hot else None
     # 1 - p_t, where p_t = t p + (1 - t)(1 - p) is the probability of the label: t + p (1 - 2t).
-    base = y_true + prob * (1.0 - 2.0 * y_true)
+    if is_class is not None:
+        base = ops.where(is_class, 1.0 - prob, prob)
+    else:
+        base = y_true + prob * (1.0 - 2.0 * y_true)
     if gamma == 2:
         out = ops.square(base) * out
     elif float(gamma).is_integer() and gamma > 0:
@@ -116,8 +126,14 @@ def focal_column(
         safe = ops.where(positive, base, 1.0)
         out = ops.where(positive, ops.power(safe, gamma), 0.0) * out
     if alpha is not None:  # t alpha + (1 - t)(1 - alpha)
-        out = out * ((1.0 - alpha) + y_true * (2.0 * alpha - 1.0))
+        if is_class is not None:
+            out = out * ops.where(is_class, alpha, 1.0 - alpha)
+        else:
+            out = out * ((1.0 - alpha) + y_true * (2.0 * alpha - 1.0))
     return out
+
+
+focal_one_hot_column = functools.partial(focal_column, one_hot=True)
 
 
 def bce_column(
@@ -137,12 +153,14 @@ def mae_column(y_true: Any, y_pred: Any) -> Any:
 
 
 def huber_column(y_true: Any, y_pred: Any, delta: float = 1.0) -> Any:
-    delta = ops.convert_to_tensor(delta, dtype=y_pred.dtype)
     error = ops.subtract(y_pred, y_true)
     abs_error = ops.abs(error)
+    # Keras multiplies by delta as a tensor, which the graph optimiser keeps; times 1 is exact.
+    linear = abs_error if delta == 1 else ops.convert_to_tensor(delta, y_pred.dtype) * abs_error
+    delta = ops.convert_to_tensor(delta, dtype=y_pred.dtype)
     half = ops.convert_to_tensor(0.5, dtype=abs_error.dtype)
     return ops.where(
-        abs_error <= delta, half * ops.square(error), delta * abs_error - half * ops.square(delta)
+        abs_error <= delta, half * ops.square(error), linear - half * ops.square(delta)
     )
 
 

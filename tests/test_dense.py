@@ -156,11 +156,22 @@ def test_per_sentence_token_loss_against_numpy(mode):
         ("bce(cls, from_logits=true)", lambda t, p: keras.losses.binary_crossentropy(t, p, True)),
         ("focal(cls, alpha=0.4)", lambda t, p: keras.losses.binary_focal_crossentropy(
             t, p, apply_class_balancing=True, alpha=0.4)),
+        ("focal(cls)", keras.losses.binary_focal_crossentropy),
+        ("focal(cls, gamma=0.5)", lambda t, p: keras.losses.binary_focal_crossentropy(
+            t, p, gamma=0.5)),
+        ("focal(cls, gamma=3, alpha=0.25, from_logits=true)",
+         lambda t, p: keras.losses.binary_focal_crossentropy(
+            t, p, apply_class_balancing=True, alpha=0.25, gamma=3, from_logits=True)),
+        ("focal(cls, label_smoothing=0.2)", lambda t, p: keras.losses.binary_focal_crossentropy(
+            t, p, label_smoothing=0.2)),
         ("focal_cce(cls)", keras.losses.categorical_focal_crossentropy),
         ("categorical_hinge(cls)", keras.losses.categorical_hinge),
         ("mse(cls)", keras.losses.mean_squared_error),
     ],
-    ids=["bce", "focal", "focal_cce", "categorical_hinge", "mse"],
+    ids=[
+        "bce", "focal", "focal-plain", "focal-gamma-0.5", "focal-logits", "focal-smoothing",
+        "focal_cce", "categorical_hinge", "mse",
+    ],
 )  # fmt: skip
 def test_other_losses_compare_with_the_one_hot_rows_of_class_indices(formula, keras_loss):
     index = np.array([0, 2, 1, -1, 3, -2, 2, 0], "float32")  # -1, -2 and 3: rows of zeros
@@ -171,6 +182,57 @@ def test_other_losses_compare_with_the_one_hot_rows_of_class_indices(formula, ke
     one_hot[(index < 0) | (index > 2)] = 0
     loss = lossdsl.compile_loss(formula, units={"cls": {"pred": [0, 3], "true": 0}})
     close(loss.call(index[:, None], y_pred), keras_loss(one_hot, y_pred), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("formula", "weight", "keras_loss"),
+    [
+        ("4*huber(u[0:4])", 4.0, keras.losses.huber),
+        ("huber(u[0:4], delta=0.5)*2", 2.0, lambda t, p: keras.losses.huber(t, p, delta=0.5)),
+        ("4*mse(u[0:4])/2", 2.0, keras.losses.mean_squared_error),
+        ("0.5*bce(u[0:4])", 0.5, keras.losses.binary_crossentropy),
+        ("1*mae(u[0:4])", 1.0, keras.losses.mean_absolute_error),
+    ],
+)
+def test_a_constant_times_a_loss_over_several_units_equals_keras(formula, weight, keras_loss, mode):
+    # The constant folds into the loss's sum over the units (no multiplication where it is
+    # the number of units): value and gradient are Keras's mean times the constant.
+    y_true = RNG.uniform(0.05, 0.95, size=(16, 4)).astype("float32")
+    y_pred = RNG.uniform(0.05, 0.95, size=(16, 4)).astype("float32")
+    loss = lossdsl.compile_loss(formula, units=4)
+    got, got_grad = value_and_grad(loss.call, y_true, y_pred, mode)
+    want, want_grad = value_and_grad(lambda t, p: weight * keras_loss(t, p), y_true, y_pred, mode)
+    close(got, want, rtol=1e-6)
+    close(got_grad, want_grad, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_focal_sum_over_class_indices_equals_keras_on_the_one_hot_rows(mode):
+    # RetinaNet's 80*focal(...) over 80 classes: the sum over the classes, by selection.
+    index = RNG.integers(-2, 80, size=(6, 10)).astype("float32")
+    logits = RNG.normal(-4.6, 2.0, size=(6, 10, 80)).astype("float32")
+    loss = lossdsl.compile_loss(
+        "80*focal(cls, from_logits=true, alpha=0.25)",
+        units={"cls": {"pred": [0, 80], "true": 0}},
+    )
+
+    def by_hand(t, p):
+        one_hot = ops.one_hot(ops.cast(t[..., 0], "int32"), 80)  # rows of zeros below 0
+        return 80 * keras.losses.binary_focal_crossentropy(
+            one_hot, p, apply_class_balancing=True, alpha=0.25, from_logits=True
+        )
+
+    got, got_grad = value_and_grad(loss.call, index[..., None], logits, mode)
+    want, want_grad = value_and_grad(by_hand, index[..., None], logits, mode)
+    close(got, want, rtol=1e-5)
+    close(got_grad, want_grad, rtol=1e-4, atol=1e-9)
+
+
+def test_a_mean_over_an_example_without_positions_is_zero():
+    loss = lossdsl.compile_loss("mean(mse(u0)) + sum(1 where true(u0) > 0)", units=1)
+    out = loss.call(np.zeros((3, 0, 1), "float32"), np.zeros((3, 0, 1), "float32"))
+    close(out, np.zeros(3))
 
 
 def test_true_of_a_class_index_unit_is_the_index():

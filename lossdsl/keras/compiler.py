@@ -23,7 +23,6 @@ of ``y_pred``'s dtype once they touch the data.
 from __future__ import annotations
 
 import enum
-import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -32,12 +31,17 @@ import keras
 from keras import ops
 
 from lossdsl import ast
-from lossdsl.arguments import Binding
 from lossdsl.catalog import Accessor, Aggregate, LossEntry, MathFunction, lookup
-from lossdsl.errors import LossValidationError
-from lossdsl.keras.context import Context, check_inputs, float_dtype, shapes_differ
+from lossdsl.keras.context import Context, check_inputs, float_dtype
 from lossdsl.keras.distribute import global_sum, replicas
-from lossdsl.kernels import in_float32
+from lossdsl.keras.loss_calls import (
+    ColumnMean,
+    batch_total,
+    example_mean,
+    example_total,
+    loss_call,
+    positions,
+)
 from lossdsl.levels import Level, node_facts
 
 if TYPE_CHECKING:
@@ -191,26 +195,39 @@ class Program:
         rest = [(op, self._compile(e, scope)) for op, e in pairs[1:]]
         first_neg = pairs[0][0] == "-"
         product = pairs[0][0] == "*"
+        factors = [("*", first), *rest]
 
         def run(ctx: Context) -> Value:
-            acc = first(ctx)
-            if first_neg:
-                acc = _neg(acc)
             if not product:
+                acc = first(ctx)
+                if first_neg:
+                    acc = _neg(acc)
                 for op, fn in rest:
                     acc = _binary(op, acc, fn(ctx))
                 return acc
             # Multiply the Python constants together first, in float64, so that
-            # `mse(u0) * 1e30 * 1e30 / 1e55` cannot overflow float32 on the way.
-            coef, tensor = (acc, None) if _const(acc) else (1.0, acc)
-            for op, fn in rest:
-                v = fn(ctx)
-                if _const(v):
+            # `mse(u0) * 1e30 * 1e30 / 1e55` cannot overflow float32 on the way. A loss
+            # over several units is computed last, once the other factors are known.
+            values = [None if isinstance(fn, ColumnMean) else fn(ctx) for _, fn in factors]
+            coef = 1.0
+            for (op, _), v in zip(factors, values, strict=True):
+                if v is not None and _const(v):
                     coef = coef / v if op == "/" else coef * v
-                elif tensor is None:
-                    tensor = ops.divide(1.0, v) if op == "/" else v
+            deferred = [fn for (op, fn), v in zip(factors, values, strict=True) if v is None]
+            if len(deferred) == 1 and all(v is None or _const(v) for v in values):
+                (mean,) = deferred
+                assert isinstance(mean, ColumnMean)
+                if ("/", mean) not in factors:
+                    return mean.times(ctx, coef)
+            tensor = None
+            for (op, fn), v in zip(factors, values, strict=True):
+                value = fn(ctx) if v is None else v
+                if _const(value):
+                    continue
+                if tensor is None:
+                    tensor = ops.divide(1.0, value) if op == "/" else value
                 else:
-                    tensor = _binary(op, tensor, v)
+                    tensor = _binary(op, tensor, value)
             return coef if tensor is None else (tensor if coef == 1.0 else tensor * coef)
 
         return run
@@ -232,7 +249,7 @@ class Program:
         assert isinstance(entry, LossEntry)
         keywords = {k.name: ast.literal(k.value) for k in node.kwargs}
         ignored = keywords.pop("ignore_class", None)
-        loss = self._loss(node, entry, binding, keywords)
+        loss = loss_call(entry, binding, keywords, self.checked.formula.text(), node)
         if ignored is None:
             return loss
         # ignore_class=c is `where true(u) != c`: the ignored positions drop out of the
@@ -245,54 +262,6 @@ class Program:
 
         return self._selected(loss, kept, scope, Level.POSITION)
 
-    def _loss(
-        self, node: ast.Call, entry: LossEntry, binding: Binding, keywords: dict[str, Any]
-    ) -> Node:
-        assert binding.true is not None and binding.pred is not None
-        (t0, t1), (p0, p1) = binding.true, binding.pred
-        sparse, width = binding.sparse, p1 - p0
-
-        def columns(ctx: Context) -> tuple[Any, Any]:
-            labels = ctx.one_hot(t0, width) if sparse else ctx.columns(False, t0, t1)
-            return labels, ctx.columns(True, p0, p1)
-
-        if entry.level == "example":
-            batch = bool(keywords.pop("batch", False))
-            per_example = entry.columns
-
-            def example(ctx: Context) -> Value:
-                total = _batch_total if batch else _example_total
-                kernel = in_float32(lambda t, p, **kw: per_example(t, p, total, **kw))
-                return kernel(*columns(ctx), **keywords)
-
-            return example
-        if sparse and entry.sparse is not None:
-            index_loss = in_float32(entry.sparse)
-            return lambda ctx: index_loss(
-                ctx.column(False, t0), ctx.columns(True, p0, p1), **keywords
-            )
-        if not sparse and width == 1 and entry.column is not None:
-            each = in_float32(entry.column) if entry.builtin else entry.column
-            return lambda ctx: each(ctx.column(False, t0), ctx.column(True, p0), **keywords)
-        loss = in_float32(entry.columns) if entry.builtin else entry.columns
-        source, span = self.checked.formula.text(), node.span
-
-        def run(ctx: Context) -> Value:
-            out = loss(*columns(ctx), **keywords)
-            want = ctx.sample_shape
-            got = tuple(getattr(out, "shape", ()))
-            if shapes_differ(got, want):
-                raise LossValidationError(
-                    f"{node.name}() returned shape {got}; a loss must return one value per "
-                    f"sample, shape {want}.",
-                    source=source,
-                    span=span,
-                    hint="reduce over the last axis only: keras.ops.mean(..., axis=-1).",
-                )
-            return out
-
-        return run
-
     def _aggregate(self, node: ast.Call, entry: Aggregate) -> Node:
         batch = any(k.name == "batch" and ast.literal(k.value) is True for k in node.kwargs)
         scope = Scope.SUM if not entry.mean else Scope.MEAN_BATCH if batch else Scope.MEAN
@@ -302,10 +271,12 @@ class Program:
         def run(ctx: Context) -> Value:
             # In float32, as counts are: float16 sums overflow past 65,504.
             x = ops.cast(ctx.positions(arg(ctx)), _wide(ctx.dtype))
-            total = _batch_total(x) if batch else _example_total(x)
-            if mean:
-                count = ops.cast(ops.size(x), x.dtype) if batch else _positions(x)
-                total = ops.divide_no_nan(total, global_sum(count) if batch else count)
+            if batch:
+                total = batch_total(x)
+                if mean:
+                    total = ops.divide_no_nan(total, global_sum(ops.cast(ops.size(x), x.dtype)))
+            else:
+                total = example_mean(x) if mean else example_total(x)
             return ops.cast(total, ctx.dtype)
 
         return run
@@ -325,7 +296,7 @@ class Program:
             # inexact past 256); over the global batch, or over each example inside mean().
             selected = ops.cast(m, "float32")
             if scope is Scope.MEAN:
-                scale = ops.divide_no_nan(_positions(selected), _example_total(selected))
+                scale = ops.divide_no_nan(positions(selected), example_total(selected))
                 scale = _spread(scale, len(value.shape))
             else:
                 count = global_sum(ops.sum(selected))
@@ -435,28 +406,11 @@ def _masked(ctx: Context, cond: Node, term: Node, example: bool) -> tuple[Any, A
     every = ctx.all_examples if example else ctx.all_true
     if _const(m) or len(m.shape) < len(every.shape):
         m = ops.logical_and(every, m)  # a constant or batch-wide condition: broadcast it
-    value = ops.where(m, term(ctx.masked(m)), 0.0)
-    return m, ops.cast(value, ctx.dtype)
-
-
-def _example_total(x: Any) -> Any:
-    """``x`` summed over every axis but the first: one total per example."""
-    axes = tuple(range(1, len(x.shape)))
-    return ops.sum(x, axis=axes) if axes else x
-
-
-def _positions(x: Any) -> Any:
-    """How many positions each example of ``x`` has: a number when the shape is known when
-    the loss is traced, else counted, one per example."""
-    dims = tuple(x.shape)[1:]
-    if all(d is not None for d in dims):
-        return float(math.prod(dims))
-    return _example_total(ops.ones_like(x))
-
-
-def _batch_total(x: Any) -> Any:
-    """``x`` summed over the whole global batch (over the replicas too)."""
-    return global_sum(ops.sum(x))
+    value = term(ctx.masked(m))
+    if _const(value):  # `1 where c` counts: the mask as numbers
+        selected = ops.cast(m, ctx.dtype)
+        return m, selected if value == 1 else selected * value
+    return m, ops.cast(ops.where(m, value, 0.0), ctx.dtype)
 
 
 def _spread(x: Any, rank: int) -> Any:

@@ -129,7 +129,11 @@ class Context:
                 # shrinking strided slice is several times faster in graph mode.
                 self._raw[key] = y[..., start]
             else:
-                self._raw[key] = y if (start, stop) == (0, width) else y[..., start:stop]
+                self._raw[key] = (
+                    y
+                    if (start, stop) == (0, width)
+                    else y[..., start : stop if stop < width else None]
+                )
         return self._raw[key]
 
     def column(self, pred: bool, index: int) -> Any:
