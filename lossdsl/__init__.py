@@ -31,7 +31,7 @@ from lossdsl.parser import parse
 from lossdsl.validation import validate
 
 if TYPE_CHECKING:
-    from lossdsl.keras.callbacks import ParamSchedule
+    from lossdsl.keras.callbacks import DynamicWeightAverage, ParamSchedule
     from lossdsl.keras.loss import FormulaLoss
     from lossdsl.keras.metrics import TermMetric
     from lossdsl.spec import LossSpec
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "DynamicWeightAverage",
     "Formula",
     "FormulaLoss",
     "LossDSLError",
@@ -69,6 +70,7 @@ _LAZY = {
     "FormulaLoss": "lossdsl.keras.loss",
     "TermMetric": "lossdsl.keras.metrics",
     "ParamSchedule": "lossdsl.keras.callbacks",
+    "DynamicWeightAverage": "lossdsl.keras.callbacks",
 }
 
 

@@ -108,6 +108,34 @@ def test_term_metrics_in_fit_are_dataset_level_values() -> None:
     np.testing.assert_allclose(logs["mse_loc"], 0.3 * sq[m].mean(), rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("formula", "units", "names"),
+    [
+        (
+            "0.7*bce(presence, from_logits=true)"
+            " + 0.3*huber(loc, delta=0.5) where true(presence) == 1",
+            {"presence": 0, "loc": [1, 3]},
+            ["bce_presence", "huber_loc"],
+        ),
+        (
+            "abs(pred(loc) - true(loc)) + mse(u[0:2]) + 2*mse(u[0:2]) where true(loc) > 0",
+            {"loc": 2},
+            ["loc", "mse_u_0_2", "mse_u_0_2_2"],
+        ),
+        (
+            "divide_no_nan(sum(80*focal(cls, from_logits=true, alpha=0.25) where true(cls) != -2)"
+            " + sum(4*huber(box) where true(cls) >= 0), sum(1 where true(cls) >= 0))",
+            {"box": [0, 4], "cls": {"pred": [4, 84], "true": 4}},
+            ["focal_cls_huber_box"],
+        ),
+        ("mean(mse(u0)) + sum(1 where true(u0) > 0)", 1, ["mse_u0", "u0"]),
+    ],
+    ids=["keywords-dropped", "units-and-collisions", "retinanet", "count"],
+)
+def test_metric_names_are_the_losses_and_their_units(formula, units, names) -> None:
+    assert lossdsl.compile_loss(formula, units=units).term_names() == names
+
+
 def test_metric_names_and_signed_weighted_values() -> None:
     names = lossdsl.compile_loss("mse(u0) + 2*mse(u0) where true(u1) > 0", units=2).term_names()
     assert names == ["mse_u0", "mse_u0_2"]
@@ -362,3 +390,82 @@ def test_per_batch_schedule_resumes_with_the_optimizer_step():
     model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[schedule])
     model.fit(x, y, batch_size=4, epochs=2, initial_epoch=1, verbose=0, callbacks=[schedule])
     assert steps == [0, 1, 2, 3]
+
+
+def _scalars(directory) -> dict[str, list[float]]:
+    """The epoch scalars of the TensorBoard event files under ``directory``, by tag, in order
+    (the files also hold the model's config as text)."""
+    out: dict[str, list[float]] = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                if v.tag.startswith("epoch_"):
+                    out.setdefault(v.tag, []).append(float(tf.make_ndarray(v.tensor)))
+    return out
+
+
+def test_term_metrics_land_in_tensorboard_train_and_validation(tmp_path) -> None:
+    x, y = drifting_lesion_data(64, seed=4)
+    xv, yv = drifting_lesion_data(32, seed=5)
+    loss = lossdsl.compile_loss(LESION, units=LESION_UNITS)
+    model = lesion_model()
+    model.compile(optimizer="sgd", loss=loss, weighted_metrics=loss.term_metrics())
+    board = keras.callbacks.TensorBoard(log_dir=str(tmp_path))
+    history = model.fit(
+        x, y, batch_size=32, epochs=2, verbose=0, validation_data=(xv, yv), callbacks=[board]
+    ).history
+    for side, prefix in (("train", ""), ("validation", "val_")):
+        scalars = _scalars(tmp_path / side)
+        for name in ("bce_presence", "mse_loc"):
+            np.testing.assert_allclose(scalars[f"epoch_{name}"], history[prefix + name], rtol=1e-6)
+
+
+def test_dynamic_weight_average_against_a_hand_computation_over_four_epochs() -> None:
+    x, y = drifting_lesion_data(96, seed=6)
+    loss = lossdsl.compile_loss(
+        "w_cls*bce(presence) + w_loc*mse(loc)",
+        units=LESION_UNITS,
+        params={"w_cls": 1.0, "w_loc": 1.0},
+    )
+    model = lesion_model()
+    model.compile(optimizer="sgd", loss=loss, weighted_metrics=loss.term_metrics())
+    dwa = lossdsl.DynamicWeightAverage({"w_cls": "bce_presence", "w_loc": "mse_loc"})
+    h = model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[dwa]).history
+    temperature, want = 2.0, [[1.0, 1.0], [1.0, 1.0]]  # no ratio in the first two epochs
+    for t in (2, 3):
+        r = [h[name][t - 1] / h[name][t - 2] for name in ("bce_presence", "mse_loc")]
+        e = np.exp(np.array(r, "float64") / temperature)
+        want.append(list(2 * e / e.sum()))
+    np.testing.assert_allclose(np.stack([h["w_cls"], h["w_loc"]], axis=1), want, rtol=1e-6)
+    assert not np.allclose(want[3], 1.0)  # the weights did move
+
+
+def test_a_schedule_of_two_arguments_gets_the_last_epochs_logs() -> None:
+    x, y = drifting_lesion_data(64, seed=7)
+    loss = lossdsl.compile_loss("bce(presence) + beta*mse(loc)", units=LESION_UNITS,
+                                params={"beta": 1.0})  # fmt: skip
+    model = lesion_model()
+    model.compile(optimizer="sgd", loss=loss, weighted_metrics=loss.term_metrics())
+    seen: list[dict[str, float]] = []
+
+    def beta(epoch: int, logs: dict[str, float]) -> float:
+        seen.append(logs)
+        return 1.0 / (1.0 + logs.get("mse_loc", 0.0))
+
+    h = model.fit(
+        x, y, epochs=3, verbose=0, callbacks=[lossdsl.ParamSchedule({"beta": beta})]
+    ).history
+    assert seen[0] == {}
+    assert [s["mse_loc"] for s in seen[1:]] == h["mse_loc"][:2]
+    np.testing.assert_allclose(h["beta"][1:], [1 / (1 + m) for m in h["mse_loc"][:2]], rtol=1e-6)
+
+
+def test_dynamic_weight_average_names_the_logs_it_lacks() -> None:
+    x, y = drifting_lesion_data(32, seed=8)
+    loss = lossdsl.compile_loss("w*bce(presence) + mse(loc)", units=LESION_UNITS,
+                                params={"w": 1.0})  # fmt: skip
+    model = lesion_model()
+    model.compile(optimizer="sgd", loss=loss)
+    dwa = lossdsl.DynamicWeightAverage({"w": "bce_presence"})
+    with pytest.raises(LossValidationError, match=r"'bce_presence'.*term_metrics\(\)"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[dwa])

@@ -21,12 +21,15 @@ from typing import Any
 import keras
 from keras import ops
 
+from lossdsl import ast
+from lossdsl.catalog import Accessor, LossEntry, lookup
 from lossdsl.checker import Checked
 from lossdsl.errors import LossValidationError, echo
 from lossdsl.keras.compiler import Program
 from lossdsl.spec import LossSpec, spec_from_config
+from lossdsl.terms import Term
 
-__all__ = ["ParamState", "TermMetric", "term_names"]
+__all__ = ["ParamState", "TermMetric", "term_name", "term_names"]
 
 
 class ParamState(keras.metrics.Metric):
@@ -64,16 +67,35 @@ class ParamState(keras.metrics.Metric):
 
 
 def _identifier(text: str) -> str:
-    name = re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_").lower()
-    return (name or "term")[:48].rstrip("_")
+    return re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_").lower()
+
+
+def term_name(term: Term) -> str:
+    """A term's metric name before collisions are told apart: each loss it calls with its
+    units (``bce_presence``, ``huber_loc``, ``focal_cls_huber_box``), in the order of the
+    text; for a term without a loss, the units it reads (``loc``); else ``term``. Keywords,
+    numbers, parameters and conditions are left out, so a name stays when they change. At
+    most 48 characters."""
+    losses: list[str] = []
+    units: list[str] = []
+    for node in ast.walk(term.body):
+        if isinstance(node, ast.Call) and node.args:
+            entry = lookup(node.name)
+            selector = _identifier(str(node.args[0]))
+            if isinstance(entry, LossEntry):
+                losses.append(f"{node.name}_{selector}")
+            elif isinstance(entry, Accessor):
+                units.append(selector)
+    parts = list(dict.fromkeys(losses or units)) or ["term"]
+    return "_".join(parts)[:48].rstrip("_")
 
 
 def term_names(checked: Checked) -> list[str]:
-    """Identifier-safe, unique names of the top-level terms, from their canonical
-    text without numbers, parameters and condition: ``bce_presence``, ``mse_loc``."""
+    """Identifier-safe, unique names of the top-level terms (``term_name``), a repeated name
+    suffixed ``_2``, ``_3``, ... in the order of the text."""
     names: list[str] = []
     for t in checked.terms:
-        base = _identifier(str(t.body))
+        base = term_name(t)
         name, k = base, 2
         while name in names:
             name, k = f"{base}_{k}", k + 1
