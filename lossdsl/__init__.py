@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from lossdsl.keras.callbacks import DynamicWeightAverage, ParamSchedule
     from lossdsl.keras.loss import FormulaLoss
     from lossdsl.keras.metrics import TermMetric
+    from lossdsl.keras.model import FormulaModel
     from lossdsl.spec import LossSpec
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "DynamicWeightAverage",
     "Formula",
     "FormulaLoss",
+    "FormulaModel",
     "LossDSLError",
     "LossDSLWarning",
     "LossInputError",
@@ -68,6 +70,7 @@ _keras_hook.install()
 _LAZY = {
     "LossSpec": "lossdsl.spec",  # pydantic: a service that only validates never loads it
     "FormulaLoss": "lossdsl.keras.loss",
+    "FormulaModel": "lossdsl.keras.model",
     "TermMetric": "lossdsl.keras.metrics",
     "ParamSchedule": "lossdsl.keras.callbacks",
     "DynamicWeightAverage": "lossdsl.keras.callbacks",

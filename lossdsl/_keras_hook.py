@@ -20,8 +20,8 @@ from types import ModuleType
 
 __all__ = ["install"]
 
-# The modules that register classes with Keras (loss imports metrics).
-_BACKEND_MODULES = ("lossdsl.keras.metrics", "lossdsl.keras.loss")
+# The modules that register classes with Keras (loss imports metrics; model imports loss).
+_BACKEND_MODULES = ("lossdsl.keras.metrics", "lossdsl.keras.loss", "lossdsl.keras.model")
 
 
 def _register() -> None:

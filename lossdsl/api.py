@@ -25,6 +25,7 @@ def compile_loss(
     params: Mapping[str, float] | None = None,
     where_mean: str | None = None,
     allow_negative: bool | None = None,
+    learned: Mapping[str, float] | None = None,
     name: str | None = None,
     **loss_kwargs: Any,
 ) -> FormulaLoss:
@@ -32,10 +33,12 @@ def compile_loss(
 
     Args:
         spec: formula text, a ``LossSpec``, or a mapping with the ``LossSpec`` fields
-            (``expression``, ``units``, ``params``, ``where_mean``, ``allow_negative``).
-        units, params, where_mean, allow_negative: the ``LossSpec`` fields; when given they
-            override the spec's own. ``where_mean`` defaults to ``"selected"`` and
-            ``allow_negative`` to ``False``.
+            (``expression``, ``units``, ``params``, ``where_mean``, ``allow_negative``,
+            ``learned``).
+        units, params, where_mean, allow_negative, learned: the ``LossSpec`` fields; when
+            given they override the spec's own. ``where_mean`` defaults to ``"selected"`` and
+            ``allow_negative`` to ``False``. ``learned`` parameters are trained with the model
+            when it is a ``lossdsl.FormulaModel``.
         name: the loss's name in Keras.
         **loss_kwargs: ``reduction`` and ``dtype``, passed to ``keras.losses.Loss``.
 
@@ -56,6 +59,7 @@ def compile_loss(
             ("params", params),
             ("where_mean", where_mean),
             ("allow_negative", allow_negative),
+            ("learned", learned),
         )
         if value is not None
     }

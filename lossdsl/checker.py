@@ -35,7 +35,14 @@ from typing import Any
 from lossdsl import ast, suggest
 from lossdsl.arguments import UnitsArg, UnitTable, param_problems, unit_table
 from lossdsl.calls import CallChecks
-from lossdsl.constants import Undefined, evaluate, is_real, outside_float32, to_float
+from lossdsl.constants import (
+    Undefined,
+    evaluate,
+    is_real,
+    never_negative,
+    outside_float32,
+    to_float,
+)
 from lossdsl.errors import LossDSLError, LossTypeError, LossValidationError, Span, echo
 from lossdsl.levels import CONDITION, TOP, Level, Place, node_facts
 from lossdsl.suggest import did_you_mean
@@ -51,6 +58,7 @@ class Checked:
     formula: ast.Formula
     units: UnitTable
     params: Mapping[str, float]
+    """Every parameter's value: the fixed ones, and the learned ones' initial values."""
     allow_negative: bool
     terms: tuple[Term, ...]
     level: Level
@@ -60,6 +68,8 @@ class Checked:
     stops: Mapping[str, tuple[int, Span | None]]
     """For ``"true"`` and ``"pred"``: one past the highest column the formula reads of
     ``y_true`` and of ``y_pred``, and where the selector reading it is written."""
+    learned: frozenset[str] = frozenset()
+    """The parameters that training learns (their values in ``params`` are where they start)."""
 
 
 def check(
@@ -67,9 +77,11 @@ def check(
     *,
     units: UnitsArg,
     params: Mapping[str, Any] | None = None,
+    learned: Mapping[str, Any] | None = None,
     allow_negative: bool = False,
 ) -> Checked:
-    """Check ``formula`` against ``units`` and ``params`` (see ``lossdsl.validate``)."""
+    """Check ``formula`` against ``units``, ``params`` and the ``learned`` parameters' initial
+    values (see ``lossdsl.validate``)."""
     if not isinstance(formula, ast.Formula):
         raise LossTypeError(
             f"validate() expects formula text or a Formula. Received: {type(formula).__name__}."
@@ -79,19 +91,38 @@ def check(
             f"params must map names to numbers. Received: {echo(params)}.",
             hint="params={'alpha': 0.7}",
         ).with_source(formula.text())
+    if learned is not None and not isinstance(learned, Mapping):
+        raise LossValidationError(
+            f"learned must map names to initial values. Received: {echo(learned)}.",
+            hint="learned={'s_box': 0.0}",
+        ).with_source(formula.text())
     with suggest.limit():
-        return _check(formula, units, params or {}, allow_negative)
+        return _check(formula, units, params or {}, learned or {}, allow_negative)
 
 
 def _check(
-    formula: ast.Formula, units: UnitsArg, params: Mapping[str, Any], allow_negative: bool
+    formula: ast.Formula,
+    units: UnitsArg,
+    params: Mapping[str, Any],
+    learned: Mapping[str, Any],
+    allow_negative: bool,
 ) -> Checked:
-    values = {k: to_float(v) if is_real(v) else v for k, v in params.items()}
+    values = {k: to_float(v) if is_real(v) else v for k, v in {**params, **learned}.items()}
     locate = _FirstUse(formula.expr)
     table, problems = unit_table(units, locate=locate)
     problems += param_problems(params, table, locate=locate)
+    problems += param_problems(learned, table, locate=locate)
+    for name in learned:
+        if name in params:
+            problems.append(
+                LossValidationError(
+                    f"{echo(name)} is both a fixed and a learned parameter.",
+                    span=locate(name) if isinstance(name, str) else None,
+                )
+            )
     facts = node_facts(formula.expr)
     checker = _Checker(table, values, facts.data)
+    checker.learned = frozenset(k for k in learned if isinstance(k, str))
     checker.value(formula.expr, TOP)
     for node, message, hint in facts.problems:
         checker.error(node, message, hint)
@@ -117,6 +148,7 @@ def _check(
         level=Level.EXAMPLE if facts.levels[id(formula.expr)] >= Level.EXAMPLE else Level.POSITION,
         term_levels=tuple(facts.levels[id(t.expr)] for t in terms),
         stops=MappingProxyType(checker.stops),
+        learned=checker.learned,
     )
 
 
@@ -148,6 +180,7 @@ class _Checker(CallChecks):
         self._messages: set[str] = set()
         self._data = data
         self.stops = {"true": (0, None), "pred": (0, None)}
+        self.learned: frozenset[str] = frozenset()
 
     def error(self, node: ast.Node | Span | None, message: str, hint: str | None = None) -> None:
         if message in self._messages:
@@ -306,6 +339,13 @@ class _Checker(CallChecks):
         A constant term has no weight: an offset changes no gradient."""
         if not self.reads_data(term.body):
             return
+        if self.learned and any(
+            isinstance(n, ast.Name) and n.id in self.learned
+            for _, f in term.factors
+            for n in ast.walk(f)
+        ):
+            self.learned_weight(term, allow_negative)
+            return
         try:
             partial = term.partial_weights(self.params)
         except (Undefined, ZeroDivisionError):
@@ -327,3 +367,26 @@ class _Checker(CallChecks):
                 "to -infinity; pass allow_negative=True if this is intended (for instance when "
                 f"'{term.body}' is itself never positive).",
             )
+
+    def learned_weight(self, term: Term, allow_negative: bool) -> None:
+        """A weight that a learned parameter changes must stay at or above 0 whatever value
+        training gives it (``constants.never_negative``), unless ``allow_negative``."""
+        if allow_negative:
+            return
+        if term.sign > 0 and all(
+            never_negative(f, self.params, self.learned) for _, f in term.factors
+        ):
+            return
+        names = sorted(
+            {n.id for n in ast.walk(term.expr) if isinstance(n, ast.Name)} & self.learned
+        )
+        self.error(
+            term.expr,
+            f"The weight of '{term.expr}' can turn negative as the learned parameter"
+            f"{'s' if len(names) > 1 else ''} {', '.join(names)} change"
+            f"{'' if len(names) > 1 else 's'} in training.",
+            hint="a weight a learned parameter drives must stay at or above 0: write it as "
+            f"exp(-{names[0]}), square({names[0]}) or sigmoid({names[0]}) (uncertainty "
+            f"weighting: exp(-{names[0]})*{term.body} + {names[0]}), or pass "
+            "allow_negative=True.",
+        )

@@ -23,6 +23,7 @@ __all__ = [
     "Undefined",
     "evaluate",
     "is_real",
+    "never_negative",
     "outside_float32",
     "to_float",
 ]
@@ -108,3 +109,32 @@ def _finite(node: ast.Node, value: float) -> float:
     if not math.isfinite(value):
         raise Undefined(node, "This constant expression overflows to a non-finite value.")
     return value
+
+
+_NEVER_NEGATIVE = frozenset({"abs", "exp", "sigmoid", "sqrt", "square"})
+"""Math functions whose value is never negative, whatever their argument."""
+
+
+def never_negative(node: ast.Node, params: Mapping[str, object], learned: frozenset[str]) -> bool:
+    """Whether a constant expression stays at or above 0 whatever values its ``learned``
+    parameters take (the others have their values in ``params``): ``exp(-s)``,
+    ``0.5*square(s)``, ``sigmoid(s)/2``; not ``s``, ``1 - s`` or ``log(s)``. Sums of such
+    values and products and quotients of them are; so is any expression without a learned
+    parameter whose value is not negative."""
+    if not any(isinstance(n, ast.Name) and n.id in learned for n in ast.walk(node)):
+        try:
+            return evaluate(node, params) >= 0
+        except Undefined:
+            return False
+    if isinstance(node, ast.Call):
+        if node.name in _NEVER_NEGATIVE:
+            return True
+        if node.name in ("max", "min"):
+            known = [never_negative(a, params, learned) for a in node.args]
+            return any(known) if node.name == "max" else all(known)
+        return False
+    if isinstance(node, ast.Product):
+        return all(never_negative(e, params, learned) for _, e in node.factors)
+    if isinstance(node, ast.Sum):
+        return all(op == "+" and never_negative(e, params, learned) for op, e in node.terms)
+    return False  # a learned parameter itself, or its negation

@@ -55,6 +55,8 @@ class LossSpec(BaseModel):
         where_mean: ``"selected"`` (a ``where`` term is the mean over the samples its
             condition selects) or ``"batch"`` (the sum over them divided by the whole batch).
         allow_negative: accept terms with a negative constant weight.
+        learned: parameters that training learns, to their initial values (trained by the
+            model's optimizer when the model is a ``lossdsl.FormulaModel``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -78,6 +80,10 @@ class LossSpec(BaseModel):
     )
     allow_negative: bool = Field(
         default=False, description="Accept terms with a negative constant weight."
+    )
+    learned: dict[str, float] = Field(
+        default_factory=dict,
+        description="Parameters the model's optimizer trains, mapped to their initial values.",
     )
 
     _checked: Checked = PrivateAttr()
@@ -162,6 +168,7 @@ class LossSpec(BaseModel):
             "params": dict(self.params),
             "where_mean": self.where_mean,
             "allow_negative": self.allow_negative,
+            **({"learned": dict(self.learned)} if self.learned else {}),
         }
 
 
@@ -240,6 +247,16 @@ def _fields(data: Any) -> tuple[dict[str, Any], Checked]:
             )
         )
         params = {}
+    learned = data.get("learned")
+    learned = {} if learned is None else learned
+    if not isinstance(learned, Mapping):
+        problems.append(
+            LossValidationError(
+                f"learned must map names to initial values. Received: {echo(learned)}.",
+                hint="learned={'s_box': 0.0}",
+            )
+        )
+        learned = {}
     expression = data.get("expression")
     checked = None
     if "expression" not in data:
@@ -253,7 +270,11 @@ def _fields(data: Any) -> tuple[dict[str, Any], Checked]:
     else:
         try:
             checked = validation.check(
-                expression, units=data.get("units"), params=params, allow_negative=allow_negative
+                expression,
+                units=data.get("units"),
+                params=params,
+                learned=learned,
+                allow_negative=allow_negative,
             )
         except LossValidationError as e:
             problems.extend(e.errors)
@@ -261,7 +282,12 @@ def _fields(data: Any) -> tuple[dict[str, Any], Checked]:
             problems.append(e)
     if problems or checked is None:
         raise LossValidationError.collect(problems)
-    plain = {**data, "units": _plain_units(data.get("units")), "params": _plain(params)}
+    plain = {
+        **data,
+        "units": _plain_units(data.get("units")),
+        "params": _plain(params),
+        "learned": _plain(learned),
+    }
     return plain, checked
 
 

@@ -93,6 +93,7 @@ def _entry(
     units: UnitsArg,
     params: Mapping[str, Any] | None,
     allow_negative: bool,
+    learned: Mapping[str, Any] | None = None,
 ) -> _Entry:
     if not isinstance(allow_negative, bool):
         raise LossTypeError(
@@ -102,7 +103,7 @@ def _entry(
         check_well_formed(formula)
     budget = [MAX_ITEMS]
     try:
-        frozen = (_freeze(units, budget), _freeze(params, budget))
+        frozen = (_freeze(units, budget), _freeze(params, budget), _freeze(learned, budget))
         key = (formula, *frozen, allow_negative, registry_version())
     except TypeError:  # unhashable, or too large: checked uncached (and reported)
         key = None
@@ -112,8 +113,12 @@ def _entry(
             return hit
     bounded(units, "units")
     bounded(params, "params")
+    bounded(learned, "learned")
     parsed = parse(formula) if isinstance(formula, str) else formula
-    entry = _Entry(checker.check(parsed, units=units, params=params, allow_negative=allow_negative))
+    checked = checker.check(
+        parsed, units=units, params=params, learned=learned, allow_negative=allow_negative
+    )
+    entry = _Entry(checked)
     if key is not None:
         text = formula if isinstance(formula, str) else formula.text()
         _cache.put(key, entry, size=len(text) + 1 + MAX_ITEMS - budget[0])
@@ -125,10 +130,11 @@ def check(
     *,
     units: UnitsArg,
     params: Mapping[str, Any] | None = None,
+    learned: Mapping[str, Any] | None = None,
     allow_negative: bool = False,
 ) -> Checked:
     """``checker.check`` of the parsed formula, cached (see the module's docstring)."""
-    return _entry(formula, units, params, allow_negative).checked
+    return _entry(formula, units, params, allow_negative, learned).checked
 
 
 def clear_cache() -> None:
@@ -141,6 +147,7 @@ def validate(
     *,
     units: UnitsArg,
     params: Mapping[str, Any] | None = None,
+    learned: Mapping[str, Any] | None = None,
     allow_negative: bool = False,
     strict: bool = False,
 ) -> ast.Formula:
@@ -152,6 +159,8 @@ def validate(
             ``[start, stop]``, or ``None`` when the width is only known when the loss is
             called (names are then unavailable).
         params: parameter names to finite float values.
+        learned: the names of the parameters that training learns, to their initial values
+            (a weight one of them drives must stay at or above 0 whatever its value).
         allow_negative: accept terms with negative constant weights.
         strict: raise the lints (``LD101`` ...) as errors instead of warning with them (see
             ``lossdsl.lints``).
@@ -159,7 +168,7 @@ def validate(
     Returns the parsed ``Formula``. Raises ``LossSyntaxError`` or ``LossValidationError``
     listing every problem, each with its caret.
     """
-    entry = _entry(formula, units, params, allow_negative)
+    entry = _entry(formula, units, params, allow_negative, learned)
     if entry.lints is None:
         entry.lints = lint(entry.checked)
     if entry.lints:

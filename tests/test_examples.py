@@ -136,3 +136,18 @@ def test_segmentation_example_learns_the_masks():
     iou_after = number(r"held-out mean IoU after training:", out)
     assert dice_after > max(0.6, dice_before + 0.2), out
     assert iou_after > iou_before, out
+
+
+def test_uncertainty_weighting_learns_weights_that_rescue_the_drowned_task():
+    out = run_example("uncertainty_weighting")
+    rows = dict(re.findall(r"^(fixed equal weights|learned weights)\s+(.*)$", out, re.MULTILINE))
+    fixed, learned = (
+        {k: float(v) for k, v in re.findall(r"([a-z /0-9]+?) (\d+\.\d+)", rows[run])}
+        for run in ("fixed equal weights", "learned weights")
+    )
+    # The squared errors of the target scaled by 100 drown the classification's loss under
+    # equal weights; learned weights bring it back, and the regression stays about as good.
+    assert learned["classification error"] < 0.5 * fixed["classification error"], out
+    assert learned["regression RMSE / 100"] < 1.2 * fixed["regression RMSE / 100"], out
+    s = dict(re.findall(r"'(s_cls|s_reg)': (-?\d+\.\d+)", out.split("log-variances:")[1]))
+    assert float(s["s_reg"]) > float(s["s_cls"]), out  # the large loss weighed down

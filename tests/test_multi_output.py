@@ -1,0 +1,194 @@
+"""FormulaModel: one formula over a model's named outputs, and learned parameters."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import np_bce
+
+import lossdsl
+from lossdsl import LossInputError, LossSpec, LossValidationError
+
+LESION = "0.7*bce(presence) + 0.3*mse(loc) where true(presence) == 1"
+UNCERTAINTY = "exp(-s_p)*bce(presence) + s_p + exp(-s_l)*mse(loc) + s_l"
+
+
+def two_outputs(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, activation="tanh")(inputs)
+    return keras.Model(
+        inputs,
+        {
+            "presence": keras.layers.Dense(1, activation="sigmoid", name="presence")(h),
+            "loc": keras.layers.Dense(2, name="loc")(h),
+        },
+    )
+
+
+def data(n: int = 64, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    presence = (x[:, :1] > 0).astype("float32")
+    loc = np.stack([x[:, 1], 10 * x[:, 2]], axis=1).astype("float32")
+    return x, {"presence": presence, "loc": loc}
+
+
+def test_the_lesion_formula_over_two_named_outputs_is_the_numpy_loss() -> None:
+    x, y = data()
+    model = lossdsl.FormulaModel(two_outputs(), LESION)
+    model.compile(optimizer="sgd")
+    logs = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    out = model.predict(x, verbose=0)
+    p, t = out["presence"][:, 0].astype("float64"), y["presence"][:, 0]
+    sq = ((out["loc"] - y["loc"]) ** 2).mean(axis=1)
+    m = t == 1
+    want = 0.7 * np_bce(t, p).mean() + 0.3 * sq[m].mean()
+    np.testing.assert_allclose(logs["loss"], want, rtol=1e-5)
+    np.testing.assert_allclose(logs["mse_loc"], sq[m].mean(), rtol=1e-5)
+    assert model.formula_loss.spec.units == {"presence": 0, "loc": (1, 3)}
+
+
+def test_a_dict_from_tf_data_trains_and_a_missing_key_is_named() -> None:
+    x, y = data()
+    model = lossdsl.FormulaModel(two_outputs(), LESION)
+    model.compile(optimizer="sgd")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    history = model.fit(ds, epochs=2, verbose=0).history
+    assert {"loss", "bce_presence", "mse_loc"} <= set(history)
+    with pytest.raises(LossInputError, match=r"'presence', 'loc'.*Missing: 'loc'"):
+        model.evaluate(x, {"presence": y["presence"]}, verbose=0)
+    with pytest.raises(LossInputError, match="Not an output: 'size'"):
+        model.evaluate(x, {**y, "size": y["presence"]}, verbose=0)
+
+
+def test_units_select_columns_inside_an_output_and_labels_read_class_indices() -> None:
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4,))
+    outputs = {
+        "cls": keras.layers.Dense(3, name="cls")(inputs),
+        "loc": keras.layers.Dense(2, name="loc")(inputs),
+    }
+    model = lossdsl.FormulaModel(
+        keras.Model(inputs, outputs),
+        {"expression": "cce(cls, from_logits=true) + mse(loc_x)", "units": {"loc_x": ["loc", 0]}},
+        labels={"cls": 1},
+    )
+    model.compile(optimizer="sgd")
+    x = np.random.default_rng(2).normal(size=(32, 4)).astype("float32")
+    y = {"cls": np.arange(32, dtype="float32")[:, None] % 3, "loc": x[:, :2]}
+    logs = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    out = model.predict(x, verbose=0)
+    ce = keras.losses.sparse_categorical_crossentropy(y["cls"][:, 0], out["cls"], from_logits=True)
+    want = np.mean(ce) + np.mean((out["loc"][:, 0] - y["loc"][:, 0]) ** 2)
+    np.testing.assert_allclose(logs["loss"], want, rtol=1e-5)
+
+
+def test_learned_parameters_train_log_and_save(tmp_path) -> None:
+    x, y = data(128)
+    spec = {"expression": UNCERTAINTY, "learned": {"s_p": 0.0, "s_l": 0.0}}
+    model = lossdsl.FormulaModel(two_outputs(), spec)
+    model.compile(optimizer=keras.optimizers.Adam(0.05))
+    history = model.fit(x, y, batch_size=32, epochs=3, verbose=0).history
+    assert len(history["s_p"]) == len(history["s_l"]) == 3
+    s_l = float(model.learned["s_l"].numpy())
+    assert s_l == pytest.approx(history["s_l"][-1], rel=1e-6)
+    assert s_l > 0.1  # the large squared errors drive their log-variance up
+    assert any(v is model.learned["s_l"] for v in model.trainable_variables)
+    before = model.evaluate(x, y, verbose=0, return_dict=True)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # no custom_objects
+    assert float(loaded.learned["s_l"].numpy()) == pytest.approx(s_l)
+    after = loaded.evaluate(x, y, verbose=0, return_dict=True)
+    np.testing.assert_allclose(after["loss"], before["loss"], rtol=1e-6)
+
+
+def test_a_learned_parameter_in_a_single_output_model() -> None:
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    spec = {"expression": "exp(-s)*mse(u0) + s + mae(u1)", "units": 2, "learned": {"s": 0.0}}
+    wrapped = lossdsl.FormulaModel(model, spec)
+    wrapped.compile(optimizer=keras.optimizers.SGD(0.1))
+    x = np.random.default_rng(4).normal(size=(32, 4)).astype("float32")
+    y = np.stack([10 * x[:, 0], x[:, 1]], axis=1)
+    history = wrapped.fit(x, y, epochs=2, verbose=0).history
+    assert history["s"][-1] != 0.0
+
+
+def test_a_subclassed_model_declares_its_output_widths() -> None:
+    class Heads(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.presence = keras.layers.Dense(1, activation="sigmoid")
+            self.loc = keras.layers.Dense(2)
+
+        def call(self, x):
+            return {"presence": self.presence(x), "loc": self.loc(x)}
+
+    with pytest.raises(LossValidationError, match="outputs="):
+        lossdsl.FormulaModel(Heads(), LESION)
+    model = lossdsl.FormulaModel(Heads(), LESION, outputs={"presence": 1, "loc": 2})
+    model.compile(optimizer="sgd")
+    x, y = data()
+    assert np.isfinite(model.fit(x, y, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_compiling_with_a_loss_is_an_error() -> None:
+    model = lossdsl.FormulaModel(two_outputs(), LESION)
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = data()
+    with pytest.raises(LossValidationError, match="without loss="):
+        model.fit(x, y, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "exp(-s)*mse(u0) + s",
+        "0.5*exp(-2*s)*mse(u0) + s",
+        "square(s)*mse(u0) + sigmoid(s)/2*mae(u0)",
+        "max(s, 1)*mse(u0)",
+    ],
+)
+def test_weights_a_learned_parameter_cannot_turn_negative_are_accepted(formula) -> None:
+    assert LossSpec(expression=formula, units=1, learned={"s": -3.0}).checked.learned == {"s"}
+
+
+@pytest.mark.parametrize(
+    ("formula", "at"),
+    [
+        ("s*mse(u0)", "s*mse(u0)"),
+        ("(1 - s)*mse(u0) + mae(u0)", "(1 - s)*mse(u0)"),
+        ("mae(u0) - exp(s)*mse(u0)", "exp(s)*mse(u0)"),
+        ("min(s, 1)*mse(u0)", "min(s, 1)*mse(u0)"),
+    ],
+)
+def test_weights_a_learned_parameter_can_turn_negative_are_refused(formula, at) -> None:
+    # At s's initial value each weight is positive; training could make it negative.
+    with pytest.raises(LossValidationError, match="can turn negative") as info:
+        LossSpec(expression=formula, units=1, learned={"s": 0.5})
+    start = formula.index(at)
+    assert info.value.errors[0].span == (start, start + len(at))
+    LossSpec(expression=formula, units=1, learned={"s": 0.5}, allow_negative=True)
+
+
+def test_a_learned_parameter_is_not_also_a_fixed_one_and_is_a_finite_number() -> None:
+    with pytest.raises(LossValidationError) as info:
+        LossSpec(expression=UNCERTAINTY, units={"presence": 0, "loc": [1, 3]},
+                 params={"s_p": 1.0}, learned={"s_p": 0.0, "s_l": float("nan")})  # fmt: skip
+    messages = [str(e).splitlines()[0] for e in info.value.errors]
+    assert any("both a fixed and a learned parameter" in m for m in messages), messages
+    assert any("'s_l' must be a finite number" in m for m in messages), messages
+
+
+def test_learned_parameters_from_a_config_file(tmp_path) -> None:
+    path = tmp_path / "loss.yaml"
+    path.write_text(
+        "expression: exp(-s)*mse(u0) + s\nunits: 1\nlearned: {s: 0.5}\n", encoding="utf-8"
+    )
+    spec = lossdsl.load_spec(path)
+    assert spec.learned == {"s": 0.5}
+    assert lossdsl.compile_loss(spec).spec.config()["learned"] == {"s": 0.5}
