@@ -145,8 +145,8 @@ def _check(
         params=MappingProxyType(values),
         allow_negative=allow_negative,
         terms=terms,
-        level=Level.EXAMPLE if facts.levels[id(formula.expr)] >= Level.EXAMPLE else Level.POSITION,
-        term_levels=tuple(facts.levels[id(t.expr)] for t in terms),
+        level=Level.EXAMPLE if facts.level(formula.expr) >= Level.EXAMPLE else Level.POSITION,
+        term_levels=tuple(facts.level(t.expr) for t in terms),
         stops=MappingProxyType(checker.stops),
         learned=checker.learned,
     )

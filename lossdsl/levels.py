@@ -8,7 +8,7 @@ meet only as the rules below allow; the checker reports the rest with a caret.
 >>> from lossdsl import parse
 >>> f = parse("divide_no_nan(sum(bce(cls) where true(u0) > 0), sum(1 where true(u0) > 0))")
 >>> facts = node_facts(f.expr)
->>> facts.levels[id(f.expr)], facts.problems
+>>> facts.level(f.expr), facts.problems
 (<Level.EXAMPLE: 2>, [])
 >>> combine(Level.POSITION, Level.EXAMPLE) is None
 True
@@ -61,33 +61,53 @@ class Facts(NamedTuple):
     """What the checks and the compiler know of each node under a root, by the node's ``id``."""
 
     levels: dict[int, Level]
+    """Each node's level; empty for a formula without aggregates or example-level losses,
+    where every node that reads the data gives one value per position (see ``level``)."""
     data: set[int]
     """The nodes that depend on ``y_true`` or ``y_pred`` (those that are not constants)."""
     problems: list[Problem]
     """Each place where values of different levels meet in a way that has no meaning."""
 
+    def level(self, node: ast.Node) -> Level:
+        """What ``node`` gives one value for."""
+        if self.levels:
+            return self.levels[id(node)]
+        return Level.POSITION if id(node) in self.data else Level.CONSTANT
+
 
 def node_facts(root: ast.Node) -> Facts:
-    """The level of every node under ``root``, which of them depend on the data, and the
-    problems, in one walk (the tree's depth is bounded by the parser, so the recursion is)."""
+    """Which nodes under ``root`` depend on the data, their levels, and the problems. Levels
+    differ only where an aggregate or an example-level loss stands, so only then are they
+    found, in a second walk (the tree's depth is bounded by the parser, so the recursion is)."""
     facts = Facts({}, set(), [])
-    _visit(root, facts)
+    if _visit_data(root, facts.data):
+        _visit(root, facts)
     return facts
 
 
-def _visit(node: ast.Node, facts: Facts) -> Level:
-    data = ast.reads_data(node)
-    children = []
+def _visit_data(node: ast.Node, data: set[int]) -> bool:
+    """Record the nodes that depend on the data; whether any gives one value per example."""
+    wide = False
+    reads = ast.reads_data(node)
     for child in node.children():
-        children.append((child, _visit(child, facts)))
-        data = data or id(child) in facts.data
+        wide = _visit_data(child, data) or wide
+        reads = reads or id(child) in data
+    if reads:
+        data.add(id(node))
+    if isinstance(node, ast.Call):
+        entry = lookup(node.name)
+        wide = wide or isinstance(entry, Aggregate)
+        wide = wide or (isinstance(entry, LossEntry) and entry.level == "example")
+    return wide
+
+
+def _visit(node: ast.Node, facts: Facts) -> Level:
+    children = [(child, _visit(child, facts)) for child in node.children()]
     if children or isinstance(node, ast.Call):
         level = _level(node, children, facts.problems)
     else:  # a number, a name or a unit selector
         level = Level.CONSTANT
     facts.levels[id(node)] = level
-    if data:
-        facts.data.add(id(node))
     return level
 
 

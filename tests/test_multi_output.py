@@ -192,3 +192,13 @@ def test_learned_parameters_from_a_config_file(tmp_path) -> None:
     spec = lossdsl.load_spec(path)
     assert spec.learned == {"s": 0.5}
     assert lossdsl.compile_loss(spec).spec.config()["learned"] == {"s": 0.5}
+
+
+def test_a_learned_parameter_outside_a_formula_model_says_it_is_not_trained() -> None:
+    loss = lossdsl.compile_loss("exp(-s)*mse(u0) + s", units=1, learned={"s": 0.5})
+    y = np.ones((4, 1), "float32")
+    with pytest.warns(UserWarning, match="keep their initial values.*FormulaModel"):
+        value = float(loss(y, 2 * y))
+    assert value == pytest.approx(np.exp(-0.5) + 0.5, rel=1e-6)
+    with pytest.raises(LossValidationError, match="'s' is a learned parameter"):
+        loss.set_param("s", 1.0)

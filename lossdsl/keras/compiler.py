@@ -138,7 +138,7 @@ class Program:
         self.checked = checked = spec.checked
         self.where_mean = spec.where_mean
         self.per_example = checked.level is Level.EXAMPLE
-        self._levels = node_facts(checked.formula.expr).levels
+        self._facts = node_facts(checked.formula.expr)
         # Subexpressions written more than once (structurally: spans take no part in
         # equality) share one closure, whose value each evaluation computes once.
         self._repeated = {
@@ -180,7 +180,7 @@ class Program:
             return self._call(node, scope)
         if isinstance(node, ast.Where):
             term, cond = self._compile(node.term, scope), self._compile(node.cond, scope)
-            return self._selected(term, cond, scope, self._levels.get(id(node), Level.POSITION))
+            return self._selected(term, cond, scope, self._facts.level(node))
         if isinstance(node, ast.Compare):
             return self._compare(node, scope)
         if isinstance(node, ast.And | ast.Or):

@@ -71,8 +71,10 @@ class FormulaLoss(keras.losses.Loss):
         self._program = Program(spec)
         # Metric variables, so that on JAX they can join the model's state (see
         # term_metrics and ParamSchedule); on TF and torch any variable would do.
-        self._param_state = ParamState(spec.params, name=f"{self.name}_params")
+        self._param_state = ParamState({**spec.params, **spec.learned}, name=f"{self.name}_params")
         self._variables = self._param_state.values
+        self._learned_bound = False
+        """Whether a FormulaModel trains the learned parameters (see ``lossdsl.keras.model``)."""
 
     # -- the loss ---------------------------------------------------------------
 
@@ -87,6 +89,14 @@ class FormulaLoss(keras.losses.Loss):
         return out
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
+        if self._spec.learned and not self._learned_bound:
+            self._learned_bound = True  # said once
+            warnings.warn(
+                f"The learned parameters {', '.join(self._spec.learned)} keep their initial "
+                "values here: a keras.losses.Loss has no weights that fit trains. Wrap the "
+                "model in lossdsl.FormulaModel(model, spec) to train them with it.",
+                stacklevel=2,
+            )
         if self._variables and keras.backend.backend() == "jax":
             self._note_jax_capture()
         return self.per_sample(y_true, y_pred)
@@ -166,6 +176,11 @@ class FormulaLoss(keras.losses.Loss):
         The new value is validated like the first: it must be finite, and it may
         not give a term a negative weight unless ``allow_negative`` was set.
         """
+        if name in self._spec.learned:
+            raise LossValidationError(
+                f"'{name}' is a learned parameter: training sets it (in a FormulaModel, "
+                f"model.learned['{name}'] is its weight)."
+            )
         if name not in self._variables:
             hint = did_you_mean(name, self._variables)
             known = ", ".join(self._variables) or "none"

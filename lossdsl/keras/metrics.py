@@ -146,7 +146,9 @@ class TermMetric(keras.metrics.Metric):
         self._parts = self._program.term(term, weighted=weighted)
         # Shared with the loss when made by FormulaLoss.term_metrics(), so that the weights
         # follow set_param (and, on JAX, live in the model's state).
-        self.param_state = param_state if param_state is not None else ParamState(spec.params)
+        self.param_state = (
+            param_state if param_state is not None else ParamState({**spec.params, **spec.learned})
+        )
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 

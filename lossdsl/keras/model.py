@@ -101,6 +101,7 @@ class FormulaModel(keras.Model):
             for name, value in loss.spec.learned.items()
         }
         loss._param_state.values.update(self.learned)
+        loss._learned_bound = True
         self._config = {"outputs": outputs, "labels": labels, "term_metrics": term_metrics}
 
     # -- the spec over the outputs ----------------------------------------------------------
