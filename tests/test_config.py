@@ -367,7 +367,7 @@ def test_a_spec_under_another_key_gets_a_hint_naming_it(tmp_path: Path) -> None:
     )
     assert (
         _error(deeper).hint
-        == "the fields are expression, units, params, where_mean, allow_negative."
+        == "the fields are expression, units, params, where_mean, allow_negative, learned."
     )
 
 

@@ -1662,13 +1662,13 @@ def _random_case(case: Case) -> None:
     run_case(case, yt, yp, weights, discard=lambda: assume(False), hidden_nan=True)
 
 
-@settings(SETTINGS, max_examples=180)
+@settings(SETTINGS, max_examples=110)
 @given(cases())
 def test_random_formulas_match_the_oracle(case: Case) -> None:
     _random_case(case)
 
 
-@settings(SETTINGS, max_examples=130)
+@settings(SETTINGS, max_examples=80)
 @given(cases(example=True))
 def test_random_example_formulas_match_the_oracle(case: Case) -> None:
     _random_case(case)

@@ -142,12 +142,16 @@ def test_uncertainty_weighting_learns_weights_that_rescue_the_drowned_task():
     out = run_example("uncertainty_weighting")
     rows = dict(re.findall(r"^(fixed equal weights|learned weights)\s+(.*)$", out, re.MULTILINE))
     fixed, learned = (
-        {k: float(v) for k, v in re.findall(r"([a-z /0-9]+?) (\d+\.\d+)", rows[run])}
+        {k.strip(): float(v) for k, v in re.findall(r"([A-Za-z /0-9]+?) (\d+\.\d+)", rows[run])}
         for run in ("fixed equal weights", "learned weights")
     )
     # The squared errors of the target scaled by 100 drown the classification's loss under
     # equal weights; learned weights bring it back, and the regression stays about as good.
     assert learned["classification error"] < 0.5 * fixed["classification error"], out
     assert learned["regression RMSE / 100"] < 1.2 * fixed["regression RMSE / 100"], out
-    s = dict(re.findall(r"'(s_cls|s_reg)': (-?\d+\.\d+)", out.split("log-variances:")[1]))
+    s = dict(
+        re.findall(
+            r"'(s_cls|s_reg)': (-?\d+\.\d+)", out.split("log-variances:")[1].split("weights")[0]
+        )
+    )
     assert float(s["s_reg"]) > float(s["s_cls"]), out  # the large loss weighed down

@@ -178,12 +178,11 @@ def prepare(entry: str, case: dict[str, Any], tmp_path: Path) -> Any:
 
 def timed(entry: str, case: dict[str, Any], tmp_path: Path) -> tuple[Any, float]:
     """The result of a call, and its CPU time. The objects alive before the call (in a test
-    run, every Keras model and graph the earlier tests made) are frozen first, so that
-    Python's full collections do not scan them: the time is lossdsl's work, its own garbage
-    included."""
+    run, every Keras model and graph the earlier tests made, and their garbage) are frozen
+    first, so that Python's full collections do not scan them: the time is lossdsl's work,
+    its own garbage included."""
     run = prepare(entry, case, tmp_path)
-    gc.collect()
-    gc.freeze()
+    gc.freeze()  # not collected first: in a long test run a full collection takes a second
     start = time.thread_time()
     try:
         result = run()

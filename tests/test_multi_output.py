@@ -202,3 +202,15 @@ def test_a_learned_parameter_outside_a_formula_model_says_it_is_not_trained() ->
     assert value == pytest.approx(np.exp(-0.5) + 0.5, rel=1e-6)
     with pytest.raises(LossValidationError, match="'s' is a learned parameter"):
         loss.set_param("s", 1.0)
+
+
+def test_schedules_and_dynamic_weight_average_drive_a_formula_model() -> None:
+    x, y = data(64)
+    spec = {"expression": "w_p*bce(presence) + w_l*mse(loc)", "params": {"w_p": 1.0, "w_l": 1.0}}
+    model = lossdsl.FormulaModel(two_outputs(), spec)
+    model.compile(optimizer="sgd")
+    dwa = lossdsl.DynamicWeightAverage({"w_p": "bce_presence", "w_l": "mse_loc"})
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[dwa]).history
+    assert history["w_p"][:2] == [1.0, 1.0]
+    assert history["w_p"][2] + history["w_l"][2] == pytest.approx(2.0)
+    assert history["w_p"][2] != 1.0

@@ -108,6 +108,7 @@ def test_json_schema_describes_the_fields() -> None:
         "params",
         "where_mean",
         "allow_negative",
+        "learned",
     }
     assert schema["required"] == ["expression"]
 

@@ -372,7 +372,7 @@ def test_a_hand_built_tree_is_checked_once_then_cached() -> None:
 
 
 @settings(
-    max_examples=60,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

@@ -69,7 +69,8 @@ class ParamSchedule(keras.callbacks.Callback):
     @property
     def loss(self) -> FormulaLoss:
         if self._loss is None:
-            found = getattr(self.model, "loss", None)
+            # A FormulaModel holds its formula's loss; any other model, its compiled loss.
+            found = getattr(self.model, "formula_loss", None) or getattr(self.model, "loss", None)
             if not isinstance(found, FormulaLoss):
                 raise TypeError(
                     "ParamSchedule needs a FormulaLoss: compile the model with one, or pass "

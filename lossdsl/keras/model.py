@@ -14,7 +14,7 @@ parameters are weights of the wrapper, trained by the optimizer with the model's
 >>> model = FormulaModel(keras.Model(inputs, outputs),
 ...                      "bce(presence) + mse(loc) where true(presence) == 1")
 >>> model.formula_loss.spec.units
-{'presence': (0, 1), 'loc': (1, 3)}
+{'presence': 0, 'loc': (1, 3)}
 """
 
 from __future__ import annotations

@@ -35,9 +35,10 @@ if os.environ.get("LOSSDSL_PROBE_LOCAL_COUNTS") == "1":
     # What Keras alone would do: per-replica counts. The test checks that this
     # differs, so that agreement with the correction means something.
     import lossdsl.keras.compiler as _c
+    import lossdsl.keras.loss_calls as _l
 
     _c.replicas = lambda: 1
-    _c.global_sum = lambda x: x
+    _c.global_sum = _l.global_sum = lambda x: x
 
 CASES: dict[str, tuple[str | None, int, int, bool, str]] = {
     # name: formula (None: Keras's own Dice), rows, batch size, sample weights?, data
