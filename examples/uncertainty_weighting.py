@@ -64,7 +64,10 @@ def main(epochs: int = 30) -> dict[str, dict[str, float]]:
     xt, yt = data(2048, seed=2)
     fixed = train({"expression": FIXED}, x, y, epochs)
     learned = train({"expression": LEARNED, "learned": {"s_cls": 0.0, "s_reg": 0.0}}, x, y, epochs)
-    results = {"fixed equal weights": errors(fixed, xt, yt), "learned weights": errors(learned, xt, yt)}
+    results = {
+        "fixed equal weights": errors(fixed, xt, yt),
+        "learned weights": errors(learned, xt, yt),
+    }
     for run, errs in results.items():
         print(f"{run:20s}  " + "  ".join(f"{k} {v:.4f}" for k, v in errs.items()))
     s = {k: float(v.numpy()) for k, v in learned.learned.items()}
