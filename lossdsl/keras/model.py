@@ -52,7 +52,8 @@ class FormulaModel(keras.Model):
             (``loss.term_metrics()``), train and validation.
 
     Compile it without a ``loss``: ``model.compile(optimizer="adam")``. The learned
-    parameters (``LossSpec.learned``) are logged each epoch under their names.
+    parameters (``LossSpec.learned``) are logged each epoch under their names. It runs on the
+    TensorFlow and torch backends (not yet on JAX).
     """
 
     def __init__(
@@ -65,6 +66,12 @@ class FormulaModel(keras.Model):
         term_metrics: bool = True,
         **kwargs: Any,
     ) -> None:
+        if keras.backend.backend() == "jax":
+            # Its state in JAX's stateless train step is not right yet: the step fails.
+            raise LossInputError(
+                "FormulaModel runs on the TensorFlow and torch backends; the JAX backend is "
+                "not supported yet. Concatenate the outputs and use compile(loss=...) there."
+            )
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise LossTypeError(
