@@ -237,26 +237,10 @@ def _fields(data: Any) -> tuple[dict[str, Any], Checked]:
             )
         )
         allow_negative = False
-    params = data.get("params")
-    params = {} if params is None else params
-    if not isinstance(params, Mapping):
-        problems.append(
-            LossValidationError(
-                f"params must map names to numbers. Received: {echo(params)}.",
-                hint="params={'alpha': 0.7}",
-            )
-        )
-        params = {}
-    learned = data.get("learned")
-    learned = {} if learned is None else learned
-    if not isinstance(learned, Mapping):
-        problems.append(
-            LossValidationError(
-                f"learned must map names to initial values. Received: {echo(learned)}.",
-                hint="learned={'s_box': 0.0}",
-            )
-        )
-        learned = {}
+    params = _mapping(data, "params", "map names to numbers", "params={'alpha': 0.7}", problems)
+    learned = _mapping(
+        data, "learned", "map names to initial values", "learned={'s_box': 0.0}", problems
+    )
     expression = data.get("expression")
     checked = None
     if "expression" not in data:
@@ -289,6 +273,22 @@ def _fields(data: Any) -> tuple[dict[str, Any], Checked]:
         "learned": _plain(learned),
     }
     return plain, checked
+
+
+def _mapping(
+    data: Mapping[Any, Any], key: str, must: str, hint: str, problems: list[LossDSLError]
+) -> Mapping[Any, Any]:
+    """The mapping field ``key`` of ``data`` (empty when absent or ``None``); a problem, and an
+    empty mapping, when it is something else."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append(
+            LossValidationError(f"{key} must {must}. Received: {echo(value)}.", hint=hint)
+        )
+        return {}
+    return value
 
 
 def _plain(params: Mapping[str, Any]) -> dict[str, float]:

@@ -128,9 +128,7 @@ def _takes_logs(fn: Callable[..., float]) -> bool:
     """Whether a schedule takes the logs beside the epoch or step."""
     try:
         inspect.signature(fn).bind(0, {})
-    except TypeError:
-        return False
-    except ValueError:  # no signature (a builtin): called with the epoch alone
+    except (TypeError, ValueError):  # ValueError: no signature (a builtin), the epoch alone
         return False
     return True
 

@@ -144,8 +144,13 @@ class FormulaModel(keras.Model):
             )
         return LossSpec.model_validate({**fields, "units": units})
 
-    def _inside(self, key: str, value: Any, pred: dict[str, tuple[int, int]],
-                true: dict[str, tuple[int, int]]) -> Any:  # fmt: skip
+    def _inside(
+        self,
+        key: str,
+        value: Any,
+        pred: dict[str, tuple[int, int]],
+        true: dict[str, tuple[int, int]],
+    ) -> Any:
         """A units entry, with ``[output, columns]`` made columns of the joined tensors."""
         if not (isinstance(value, list | tuple) and len(value) == 2 and isinstance(value[0], str)):
             return value  # an entry of the joined columns, checked by the spec
