@@ -970,7 +970,7 @@ DENSE_WHY = [
     "keras-io does (`kernels.focal_column(..., one_hot=True)`; soft labels take Keras's "
     "arithmetic form `t + p (1 - 2t)`). It squares `1 - p_t` (Square) where keras-io's "
     "`(1 - pt) ** 2` becomes SquaredDifference. With the gradient lossdsl runs fewer "
-    "operations than the hand-written loss (no Pow, Neg or AddN).",
+    "operations than the hand-written loss (no Pow, and fewer Neg and Sub).",
     "* RetinaNet, per anchor (small): `80*focal(...)` over 80 classes and `4*huber(box)` over "
     "4 coordinates are each the loss's sum over its units (a constant times a mean over k "
     "units is the sum times the constant / k, and no multiplication when that is 1), as "

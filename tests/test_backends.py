@@ -383,3 +383,46 @@ def test_save_and_load_model(backend: str) -> None:
         close(value, _np_term_logs()[name], f"{backend} evaluate: {name}")
     close(got["pred_after"], section(backend, "term_metrics")["pred"], f"{backend} predictions")
     close(got["refit_loss"], ref["refit_loss"], f"{backend} fit after loading")
+
+
+# -- FormulaModel ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_formula_model_trains_learned_parameters_as_on_tensorflow(backend: str) -> None:
+    got, ref = section(backend, "formula_model"), reference("formula_model")
+    assert set(got["logs"]) == {"loss", "bce_presence", "mse_loc", "s"}
+    for key, values in ref["logs"].items():
+        close(got["logs"][key], values, f"{backend} fit logs {key}")
+    for i, (a, e) in enumerate(zip(got["weights"], ref["weights"], strict=True)):
+        close(a, e, f"{backend} weight {i} after 3 epochs")
+    close(got["learned"], ref["learned"], f"{backend} learned s")
+    assert got["learned"] < -0.1  # the small bce drives its log-variance down
+    for key, value in ref["evaluate"].items():
+        close(got["evaluate"][key], value, f"{backend} evaluate {key}")
+    assert got["evaluate"]["s"] == pytest.approx(got["learned"], rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_formula_model_evaluates_the_numpy_loss(backend: str) -> None:
+    got = section(backend, "formula_model")
+    d, s = probe.model_data(), got["learned"]
+    y, w = probe.model_labels(d), d["weight"].astype("float64")
+    pred = {k: np.asarray(v, "float64")[:, 0] for k, v in got["pred"].items()}
+    t = y["presence"][:, 0]
+    m = t == 1
+    per = s + np.exp(-s) * probe.np_bce(t, pred["presence"])
+    sq = (pred["loc"] - y["loc"][:, 0]) ** 2
+    want = np.mean(w * per) + 0.3 * np.sum(m * w * sq) / np.sum(m)
+    close(got["evaluate"]["loss"], want, f"{backend} evaluate loss")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_formula_model_saves_and_loads(backend: str) -> None:
+    got = section(backend, "formula_model")
+    loaded = got["save_load"]
+    _raise_if_error(loaded, f"{backend}/formula_model/save_load")
+    assert loaded["class"] == "FormulaModel"
+    assert loaded["learned"] == pytest.approx(got["learned"], rel=1e-7)
+    for key, value in got["evaluate"].items():
+        close(loaded["evaluate"][key], value, f"{backend} evaluate after loading: {key}")

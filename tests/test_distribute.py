@@ -2,7 +2,8 @@
 and under JAX DataParallel (4 host devices) leaves the weights those of one
 device with the same global batches, for plain terms, where-terms, sample
 weights, a last batch that splits unevenly, and batch-wide aggregates (a Dice
-over the whole batch), where Keras's own Dice differs. One step under
+over the whole batch), where Keras's own Dice differs; and for FormulaModel over
+a model's named outputs, with per-output sample weights and learned parameters. One step under
 MultiWorkerMirroredStrategy with two worker processes on localhost leaves them
 those of one process with the global batch, where Keras's own masked mean
 differs."""
@@ -34,8 +35,21 @@ CASES = [
     "dice batch-wide",
     "dice per example + mean bce",
     "batch-wide mean of a where, uneven",
+    # FormulaModel over a model's named outputs
+    "outputs: where + per-output weights",
+    "outputs: learned weights",
+    "outputs: batch-wide dice",
 ]
-GLOBAL = ["where", "where+weights", "where+params", "uneven", "dice batch-wide"]
+GLOBAL = [
+    "where",
+    "where+weights",
+    "where+params",
+    "uneven",
+    "dice batch-wide",
+    "outputs: where + per-output weights",
+    "outputs: learned weights",
+    "outputs: batch-wide dice",
+]
 """The cases that need counts or sums over the global batch."""
 # The largest weight difference that counts as the same training. Each replica's gradient
 # comes from a smaller batch (other matmul shapes, other kernels) and the replicas' sums are
@@ -45,7 +59,7 @@ GLOBAL = ["where", "where+weights", "where+params", "uneven", "dice batch-wide"]
 SAME = 1e-5
 
 
-def _probe(backend: str, **env: str) -> dict[str, float]:
+def _probe(backend: str, **env: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, str(PROBE)],
         env={**os.environ, "KERAS_BACKEND": backend, **env},
@@ -55,7 +69,7 @@ def _probe(backend: str, **env: str) -> dict[str, float]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
 
@@ -66,6 +80,17 @@ def test_mirrored_strategy_matches_one_device() -> None:
         assert result[case] < SAME, (case, result)
     # Keras's own batch-wide Dice takes each replica's half batch for the whole.
     assert result["Keras's Dice"] > 1e-3, result
+
+
+def _same_logs(logs: dict[str, dict[str, list[float]]]) -> None:
+    one, dist = logs["one"], logs["distributed"]
+    assert one["alpha"] == dist["alpha"] == [2.0, 3.0]  # ParamSchedule's values
+    assert one["s"] == dist["s"] == [0.5, 0.5]  # a learning rate of 0
+    np.testing.assert_allclose(dist["loss"], one["loss"], rtol=1e-6)
+
+
+def test_mirrored_strategy_logs_parameters_once_and_reads_the_value_set() -> None:
+    _same_logs(_probe("tensorflow")["logs"])
 
 
 def test_without_global_counts_mirrored_strategy_would_differ() -> None:
@@ -89,6 +114,7 @@ def test_jax_data_parallel_matches_one_device() -> None:
     assert result["replicas"] == 4
     for case in CASES:
         assert result[case] < SAME, (case, result)
+    _same_logs(result["logs"])
 
 
 def _free_ports(n: int) -> list[int]:

@@ -47,6 +47,8 @@ class FormulaLoss(keras.losses.Loss):
         spec: the checked ``LossSpec``; ``lossdsl.compile_loss`` makes one from formula text,
             a mapping or a config file's spec.
         name, reduction, dtype: as for ``keras.losses.Loss``.
+        param_state: read the parameters from another loss's ``ParamState`` (a loss over a
+            spec that names the same parameters), so that both follow ``set_param``.
 
     The loss is built from what the checks proved (``spec.checked``): nothing is checked
     again, here or in ``term_metrics()``.
@@ -59,6 +61,7 @@ class FormulaLoss(keras.losses.Loss):
         name: str | None = None,
         reduction: str | None = "sum_over_batch_size",
         dtype: Any = None,
+        param_state: ParamState | None = None,
     ) -> None:
         if not isinstance(spec, LossSpec):
             raise TypeError(
@@ -71,7 +74,9 @@ class FormulaLoss(keras.losses.Loss):
         self._program = Program(spec)
         # Metric variables, so that on JAX they can join the model's state (see
         # term_metrics and ParamSchedule); on TF and torch any variable would do.
-        self._param_state = ParamState({**spec.params, **spec.learned}, name=f"{self.name}_params")
+        self._param_state = param_state or ParamState(
+            {**spec.params, **spec.learned}, name=f"{self.name}_params"
+        )
         self._variables = self._param_state.values
         self._learned_bound = False
         """Whether a FormulaModel trains the learned parameters (see ``lossdsl.keras.model``)."""
@@ -117,6 +122,12 @@ class FormulaLoss(keras.losses.Loss):
             and any(scope.get_current_value(v) is None for v in self._variables.values())
         ):
             self._params_captured = True
+
+    def _read_learned(self, variables: Mapping[str, Any]) -> None:
+        """Read the learned parameters from ``variables``, a ``FormulaModel``'s weights that
+        its optimizer trains."""
+        self._variables = {**self._param_state.values, **variables}
+        self._learned_bound = True
 
     def per_sample(self, y_true: Any, y_pred: Any) -> Any:
         """The loss of each sample, shape ``y_pred.shape[:-1]``, before

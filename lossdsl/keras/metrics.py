@@ -38,16 +38,32 @@ class ParamState(keras.metrics.Metric):
     Its ``result()`` is the current value of each parameter, so when it is among
     a model's metrics the parameters appear in the training logs. It is never
     reset between epochs.
+
+    A learned parameter (``FormulaModel``) is a weight of the model, which the loss reads;
+    here it has a copy that ``record`` sets on each step, from which the metrics and the
+    logs read it. A model's state holds each variable once that way (on JAX a weight that
+    was also a metric variable would be given to the compiled step twice, which JAX
+    refuses, and a weight read in the metrics step would be a constant there).
     """
 
     def __init__(self, values: Mapping[str, float], name: str = "lossdsl_params") -> None:
         super().__init__(name=name, dtype="float32")
+        # Under tf.distribute each replica holds a copy of the same value: read the first
+        # (a metric's default, the sum over replicas, would count it once per replica).
         self.values = {
             k: self.add_variable(
-                shape=(), initializer=keras.initializers.Constant(float(v)), name=k
+                shape=(),
+                initializer=keras.initializers.Constant(float(v)),
+                aggregation="only_first_replica",
+                name=k,
             )
             for k, v in values.items()
         }
+
+    def record(self, variables: Mapping[str, Any]) -> None:
+        """Set the copy of each learned parameter in ``variables`` to its value."""
+        for name, variable in variables.items():
+            self.values[name].assign(ops.cast(variable, self.values[name].dtype))
 
     def update_state(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -56,11 +72,11 @@ class ParamState(keras.metrics.Metric):
         pass  # parameters are state of the loss, not statistics of an epoch
 
     def result(self) -> dict[str, Any]:
-        return {k: v.value for k, v in self.values.items()}
+        return {k: ops.convert_to_tensor(v) for k, v in self.values.items()}
 
     def current(self) -> dict[str, float]:
         """Each parameter's value, as a Python float."""
-        return {k: float(ops.convert_to_numpy(v.value)) for k, v in self.values.items()}
+        return {k: float(ops.convert_to_numpy(v)) for k, v in self.values.items()}
 
     def get_config(self) -> dict[str, Any]:
         return {"values": self.current(), "name": self.name}
@@ -179,7 +195,9 @@ class TermMetric(keras.metrics.Metric):
     def get_config(self) -> dict[str, Any]:
         return {
             **self._spec.config(),
-            "params": self.param_state.current(),
+            "params": {
+                k: v for k, v in self.param_state.current().items() if k not in self._spec.learned
+            },
             "term": self._term,
             "weighted": self._weighted,
             "name": self.name,

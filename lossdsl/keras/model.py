@@ -28,6 +28,7 @@ from keras import ops
 from lossdsl import ast
 from lossdsl.errors import LossInputError, LossTypeError, LossValidationError
 from lossdsl.keras.loss import FormulaLoss
+from lossdsl.keras.output_weights import OutputWeights
 from lossdsl.spec import LossSpec
 
 __all__ = ["FormulaModel"]
@@ -52,8 +53,8 @@ class FormulaModel(keras.Model):
             (``loss.term_metrics()``), train and validation.
 
     Compile it without a ``loss``: ``model.compile(optimizer="adam")``. The learned
-    parameters (``LossSpec.learned``) are logged each epoch under their names. It runs on the
-    TensorFlow and torch backends (not yet on JAX).
+    parameters (``LossSpec.learned``) are logged each epoch under their names. ``sample_weight``
+    may be one array or one per output (``lossdsl.keras.output_weights``).
     """
 
     def __init__(
@@ -66,12 +67,6 @@ class FormulaModel(keras.Model):
         term_metrics: bool = True,
         **kwargs: Any,
     ) -> None:
-        if keras.backend.backend() == "jax":
-            # Its state in JAX's stateless train step is not right yet: the step fails.
-            raise LossInputError(
-                "FormulaModel runs on the TensorFlow and torch backends; the JAX backend is "
-                "not supported yet. Concatenate the outputs and use compile(loss=...) there."
-            )
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise LossTypeError(
@@ -93,11 +88,11 @@ class FormulaModel(keras.Model):
         self.formula_loss = loss
         # A term that does not read the data is a parameter's value, logged as the parameter.
         terms = loss.spec.checked.terms
-        self._term_metrics = [
-            metric
-            for metric, term in zip(loss.term_metrics(), terms, strict=True)
-            if term_metrics and ast.has_data(term.body)
+        self._metric_terms = [
+            i for i, t in enumerate(terms) if term_metrics and ast.has_data(t.body)
         ]
+        every = loss.term_metrics()
+        self._term_metrics = [every[i] for i in self._metric_terms]
         # The parameters, learned ones included, are logged through this metric; on JAX it
         # also keeps the fixed ones in the model's state (see ParamSchedule).
         self._params = loss._param_state
@@ -107,9 +102,15 @@ class FormulaModel(keras.Model):
             )
             for name, value in loss.spec.learned.items()
         }
-        loss._param_state.values.update(self.learned)
-        loss._learned_bound = True
+        loss._read_learned(self.learned)
         self._config = {"outputs": outputs, "labels": labels, "term_metrics": term_metrics}
+        self._per_output = (
+            None
+            if self._single
+            else OutputWeights(
+                loss, _offsets(self._widths), _offsets(self._label_widths), self.learned
+            )
+        )
 
     # -- the spec over the outputs ----------------------------------------------------------
 
@@ -189,7 +190,12 @@ class FormulaModel(keras.Model):
                 hint="model.compile(optimizer='adam'); each term is logged already.",
             )
         y_true, joined, weight = self.joined(y, y_pred, sample_weight)
-        losses = [self.formula_loss(y_true, joined, weight)]
+        if self._per_output is not None and isinstance(weight, Mapping | list | tuple):
+            losses = [self._per_output.loss(y_true, joined, weight)]
+        else:
+            losses = [self.formula_loss(y_true, joined, weight)]
+        # The learned parameters' copies, from which the metrics and the logs read them.
+        self._params.record(self.learned)
         losses += [self._aggregate_additional_loss(extra) for extra in self.losses]
         return losses[0] if len(losses) == 1 else ops.sum(losses)
 
@@ -198,19 +204,19 @@ class FormulaModel(keras.Model):
     ) -> dict[str, Any]:
         if self._term_metrics:
             y_true, joined, weight = self.joined(y, y_pred, sample_weight)
-            for metric in self._term_metrics:
-                metric.update_state(y_true, joined, weight)
+            if self._per_output is not None and isinstance(weight, Mapping | list | tuple):
+                each = self._per_output.term_weights(weight)
+                weights = [each[i] for i in self._metric_terms]
+            else:
+                weights = [weight] * len(self._term_metrics)
+            for metric, w in zip(self._term_metrics, weights, strict=True):
+                metric.update_state(y_true, joined, w)
         results: dict[str, Any] = super().compute_metrics(x, y, y_pred, sample_weight)
         return results
 
     def joined(self, y: Any, y_pred: Any, sample_weight: Any = None) -> tuple[Any, Any, Any]:
         """``y`` and ``y_pred`` as the two tensors the formula reads: the outputs' columns
         side by side, in the order of ``model.outputs``; and the one sample weight."""
-        if isinstance(sample_weight, Mapping | list | tuple):
-            raise LossInputError(
-                "FormulaModel takes one sample_weight array for the whole formula, not one "
-                "per output: a term may read several outputs."
-            )
         if self._single:
             return y, y_pred, sample_weight
         names = list(self._widths)

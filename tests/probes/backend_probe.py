@@ -21,7 +21,9 @@ The sections of the output (each ``{"error": traceback}`` if it raised):
 * ``fit``: three epochs of SGD on a two-unit model with fixed initial weights;
 * ``schedule``: ``ParamSchedule`` per epoch and per batch with a learning rate of
   0, and ``set_param`` between two fits;
-* ``term_metrics``: ``weighted_metrics=loss.term_metrics()``, then save and load.
+* ``term_metrics``: ``weighted_metrics=loss.term_metrics()``, then save and load;
+* ``formula_model``: ``FormulaModel`` over two named outputs with a learned parameter and
+  per-output sample weights: fit, evaluate, predict, then save and load.
 """
 
 from __future__ import annotations
@@ -553,11 +555,65 @@ def probe_term_metrics(backend: str) -> dict[str, Any]:
     return out
 
 
+MODEL_FORMULA = "s + exp(-s)*bce(presence) + 0.3*mse(loc) where true(presence) == 1"
+"""``FormulaModel``'s formula over the two outputs, with the learned parameter ``s``."""
+
+
+def model_labels(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The labels of the two-output model: ``presence`` and ``loc``, one column each."""
+    return {"presence": d["y"][:, :1], "loc": d["y"][:, 1:]}
+
+
+def probe_formula_model(backend: str) -> dict[str, Any]:
+    """``FormulaModel`` over a two-output Functional model with fixed initial weights:
+    three epochs of SGD with one sample weight per output, then ``evaluate`` with one
+    array, ``predict``, and ``model.save`` and ``load_model``."""
+    import keras
+
+    import lossdsl
+
+    d = model_data()
+    x, y, w = d["x"], model_labels(d), d["weight"]
+    inputs = keras.Input((4,))
+    presence = keras.layers.Dense(1, activation="sigmoid", name="presence")
+    loc = keras.layers.Dense(1, name="loc")
+    heads = keras.Model(inputs, {"presence": presence(inputs), "loc": loc(inputs)})
+    presence.set_weights([d["kernel"][:, :1], d["bias"][:1]])
+    loc.set_weights([d["kernel"][:, 1:], d["bias"][1:]])
+    model = lossdsl.FormulaModel(heads, {"expression": MODEL_FORMULA, "learned": {"s": 0.0}})
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5))
+    weights = {"presence": w, "loc": w[::-1].copy()}
+    hist = model.fit(x, y, sample_weight=weights, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    kwargs = {"sample_weight": w, "batch_size": 32, "verbose": 0, "return_dict": True}
+    out: dict[str, Any] = {
+        "logs": {k: [float(v) for v in vs] for k, vs in hist.history.items()},
+        "weights": [_floats(v) for v in model.get_weights()],
+        "learned": float(model.learned["s"].numpy()),
+        "evaluate": {k: float(v) for k, v in model.evaluate(x, y, **kwargs).items()},
+        "pred": {k: _floats(v) for k, v in model.predict(x, verbose=0).items()},
+    }
+
+    def save_load() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "x.keras")
+            model.save(path)
+            loaded = keras.saving.load_model(path)
+        return {
+            "class": type(loaded).__name__,
+            "learned": float(loaded.learned["s"].numpy()),
+            "evaluate": {k: float(v) for k, v in loaded.evaluate(x, y, **kwargs).items()},
+        }
+
+    out["save_load"] = _section(save_load)
+    return out
+
+
 SECTIONS: dict[str, Callable[[str], Any]] = {
     "values": probe_values,
     "fit": probe_fit,
     "schedule": probe_schedule,
     "term_metrics": probe_term_metrics,
+    "formula_model": probe_formula_model,
 }
 
 

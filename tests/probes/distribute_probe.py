@@ -64,6 +64,28 @@ CASES: dict[str, tuple[str | None, int, int, bool, str]] = {
         "masks",
     ),
     "Keras's Dice": (None, 16, 8, False, "masks"),
+    # FormulaModel over a model's named outputs (the weights include the learned ones).
+    "outputs: where + per-output weights": (
+        "bce(presence) + mse(loc) where true(presence) == 1",
+        12,
+        12,
+        True,
+        "outputs",
+    ),
+    "outputs: learned weights": (
+        "exp(-s)*bce(presence) + s + mse(loc) where true(presence) == 1",
+        12,
+        12,
+        False,
+        "outputs",
+    ),
+    "outputs: batch-wide dice": (
+        "dice(mask, batch=true) + mean(mse(depth))",
+        16,
+        8,
+        True,
+        "output masks",
+    ),
 }
 if BACKEND == "jax":  # DataParallel needs every batch divisible by the device count
     CASES["uneven"] = ("bce(u0) + mse(u1) where true(u0) == 1", 16, 8, True, "rows")
@@ -86,6 +108,18 @@ Y_MASKS = (X_MASKS[..., :1] + 0.3 * rng.normal(size=(16, 6, 1)) > 0.2).astype("f
 
 def _model(data: str) -> keras.Model:
     keras.utils.set_random_seed(0)
+    if data == "output masks":
+        inputs = keras.Input((6, 4))
+        h = keras.layers.Dense(8, activation="tanh")(inputs)
+        mask = keras.layers.Dense(1, activation="sigmoid", name="mask")(h)
+        return keras.Model(inputs, {"mask": mask, "depth": keras.layers.Dense(1, name="depth")(h)})
+    if data == "outputs":
+        inputs = keras.Input((4,))
+        h = keras.layers.Dense(8, activation="tanh")(inputs)
+        presence = keras.layers.Dense(1, activation="sigmoid", name="presence")(h)
+        return keras.Model(
+            inputs, {"presence": presence, "loc": keras.layers.Dense(1, name="loc")(h)}
+        )
     if data == "masks":
         inputs = keras.Input((6, 4))
         h = keras.layers.Dense(8, activation="tanh")(inputs)
@@ -102,22 +136,59 @@ def train(
     case: tuple[str | None, int, int, bool, str], scope: Callable[[], Any]
 ) -> list[np.ndarray]:
     formula, n, batch, weights, data = case
+    x, y = (X_MASKS, Y_MASKS) if "masks" in data else (X, Y)
+    sample_weight: Any = W[:n] if weights else None
     with scope():
         model = _model(data)
-        if formula is None:
+        if data.startswith("output"):
+            learned = {"s": 0.0} if "exp(-s)" in formula else {}  # uncertainty weighting
+            model = lossdsl.FormulaModel(model, {"expression": formula, "learned": learned})
+            model.compile(optimizer=keras.optimizers.SGD(0.5))
+            if data == "outputs":
+                y = {"presence": y[:, :1], "loc": y[:, 1:]}
+                if weights:  # one array per output
+                    sample_weight = {"presence": W[:n], "loc": W[::-1][:n]}
+            else:
+                y = {"mask": y, "depth": x[..., 1:2]}
+        elif formula is None:
             loss: Any = keras.losses.Dice()
         elif data == "masks":
             loss = lossdsl.compile_loss(formula, units={"mask": 0})
         else:
             params = {"alpha": 0.6} if "alpha" in formula else None
             loss = lossdsl.compile_loss(formula, units=2, params=params)
-        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
-    x, y = (X_MASKS, Y_MASKS) if data == "masks" else (X, Y)
+        if not data.startswith("output"):
+            model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
     model.fit(
-        x[:n], y[:n], sample_weight=W[:n] if weights else None,
+        x[:n], keras.tree.map_structure(lambda a: a[:n], y), sample_weight=sample_weight,
         batch_size=batch, epochs=1, shuffle=False, verbose=0,
     )  # fmt: skip
     return [np.asarray(w) for w in model.get_weights()]
+
+
+def logged(scope: Callable[[], Any]) -> dict[str, list[float]]:
+    """The logs of two epochs with a ``ParamSchedule`` and a learned parameter: a parameter
+    is one value, not one per replica, and each replica reads the value set."""
+    keras.utils.set_random_seed(0)
+    with scope():
+        inputs = keras.Input((4,))
+        outputs = {
+            "presence": keras.layers.Dense(1, activation="sigmoid", name="presence")(inputs),
+            "loc": keras.layers.Dense(1, name="loc")(inputs),
+        }
+        model = lossdsl.FormulaModel(
+            keras.Model(inputs, outputs),
+            {
+                "expression": "exp(-s)*bce(presence) + s + alpha*mse(loc)",
+                "params": {"alpha": 1.0},
+                "learned": {"s": 0.5},
+            },
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
+    schedule = lossdsl.ParamSchedule({"alpha": lambda epoch: 2.0 + epoch}, loss=model.formula_loss)
+    y = {"presence": Y[:, :1], "loc": Y[:, 1:]}
+    history = model.fit(X, y, batch_size=8, epochs=2, verbose=0, callbacks=[schedule]).history
+    return {k: [float(v) for v in history[k]] for k in ("loss", "alpha", "s")}
 
 
 def main() -> None:
@@ -131,7 +202,8 @@ def main() -> None:
         strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
         scope = strategy.scope
         replicas = strategy.num_replicas_in_sync
-    result = {"replicas": replicas}
+    result: dict[str, Any] = {"replicas": replicas}
+    result["logs"] = {"one": logged(contextlib.nullcontext), "distributed": logged(scope)}
     for k, c in CASES.items():
         dist = train(c, scope)
         result[k] = max(float(np.max(np.abs(a - b))) for a, b in zip(single[k], dist, strict=True))
