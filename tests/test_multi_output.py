@@ -311,3 +311,54 @@ def test_xla_fit_equals_the_compiled_graph_fit() -> None:
         runs.append(model.get_weights())
     for a, b in zip(*runs, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_term_metrics_take_weights_shaped_as_the_loss_reads_them() -> None:
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((5, 4))
+    outputs = {
+        "a": keras.layers.Dense(1, activation="sigmoid", name="a")(inputs),
+        "b": keras.layers.Dense(2, name="b")(inputs),
+    }
+    model = lossdsl.FormulaModel(keras.Model(inputs, outputs), "bce(a) + mse(b) * true(a)")
+    model.compile(optimizer="sgd")
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(16, 5, 4)).astype("float32")
+    y = {"a": (x[..., :1] > 0).astype("float32"), "b": x[..., 1:3]}
+    out = model.predict(x, verbose=0)
+    t = y["a"][..., 0]
+    bce = np_bce(t, out["a"][..., 0])
+    term = ((out["b"].astype("float64") - y["b"]) ** 2).mean(-1) * t
+    w_a, w_b = rng.uniform(0.2, 2.0, (16, 5)), rng.uniform(0.2, 2.0, 16)
+    # (batch,) weights of (batch, positions) values, and two shapes in one term.
+    for weights, (wa, wb) in [
+        (w_b.astype("float32"), (w_b[:, None], w_b[:, None])),
+        ({"a": w_a.astype("float32"), "b": w_b[:, None].astype("float32")},
+         (w_a, np.minimum(w_a, w_b[:, None]))),
+    ]:  # fmt: skip
+        # A new test step: Keras would retrace the old one with shapes of unknown rank.
+        model.make_test_function(force=True)
+        logs = model.evaluate(x, y, sample_weight=weights, batch_size=16, verbose=0,
+                              return_dict=True)  # fmt: skip
+        a, b = np.broadcast_to(wa, t.shape), np.broadcast_to(wb, t.shape)
+        np.testing.assert_allclose(logs["loss"], np.mean(a * bce) + np.mean(b * term), rtol=1e-5)
+        np.testing.assert_allclose(logs["bce_a"], np.sum(a * bce) / np.sum(a), rtol=1e-5)
+        np.testing.assert_allclose(logs["mse_b"], np.sum(b * term) / np.sum(b), rtol=1e-5)
+
+
+def test_weighing_by_output_keeps_what_works_without_weights() -> None:
+    x, y = data()
+    # A formula within the length limit whose weighed form is beyond it: built only when
+    # weights come, and then a clear error.
+    long = " + ".join(f"{k + 1}*mse(loc)" for k in range(500)) + " + bce(presence)"
+    model = lossdsl.FormulaModel(two_outputs(), long, term_metrics=False)
+    pred = model(x)
+    assert np.isfinite(float(model.compute_loss(x, y, pred)))
+    with pytest.raises(LossInputError, match="beyond lossdsl's limits"):
+        model.compute_loss(x, y, pred, sample_weight={"presence": np.ones(64, "float32")})
+    loss = lossdsl.compile_loss(LESION, units={"presence": 0, "loc": [1, 3]},
+                                reduction="mean_with_sample_weight")  # fmt: skip
+    model = lossdsl.FormulaModel(two_outputs(), loss)
+    model.compile(optimizer="sgd")
+    with pytest.raises(LossInputError, match="mean_with_sample_weight"):
+        model.evaluate(x, y, sample_weight=np.ones(64, "float32"), verbose=0)

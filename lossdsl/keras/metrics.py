@@ -180,6 +180,8 @@ class TermMetric(keras.metrics.Metric):
             w = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
             while len(w.shape) > len(num.shape):  # (batch, 1) weights
                 w = ops.squeeze(w, axis=-1)
+            while len(w.shape) < len(num.shape):  # (batch,) weights of (batch, positions)
+                w = ops.expand_dims(w, -1)
             num, den = num * w, den * w
         self.total.assign_add(ops.sum(num))
         self.count.assign_add(ops.sum(den))

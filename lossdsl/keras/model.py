@@ -205,7 +205,7 @@ class FormulaModel(keras.Model):
         if self._term_metrics:
             y_true, joined, weight = self.joined(y, y_pred, sample_weight)
             if self._per_output is not None and isinstance(weight, Mapping | list | tuple):
-                each = self._per_output.term_weights(weight)
+                each = self._per_output.term_weights(y_true, weight)
                 weights = [each[i] for i in self._metric_terms]
             else:
                 weights = [weight] * len(self._term_metrics)

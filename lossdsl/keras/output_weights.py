@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from keras import ops
 
 from lossdsl import ast
-from lossdsl.errors import LossInputError
+from lossdsl.errors import LossDSLError, LossInputError
 from lossdsl.keras.loss import FormulaLoss
 from lossdsl.levels import Level
 from lossdsl.spec import LossSpec
@@ -52,31 +52,58 @@ class OutputWeights:
             for t in checked.terms
         ]
         self.example = checked.level is not Level.POSITION
+        self._loss, self._learned = loss, learned
+        self._weighed: FormulaLoss | None = None
+
+    @property
+    def weighed(self) -> FormulaLoss:
+        """The formula with each term times its weight columns, built on first use (a model
+        trained without per-output weights never needs it)."""
+        if self._weighed is None:
+            self._weighed = self._build()
+        return self._weighed
+
+    def _build(self) -> FormulaLoss:
+        loss, checked = self._loss, self._loss.spec.checked
+        if loss.reduction == "mean_with_sample_weight":
+            raise LossInputError(
+                "reduction='mean_with_sample_weight' divides by the sum of the sample weights, "
+                "which weights per output (Keras copies one array to every output) do not "
+                "give. Use the default reduction, 'sum_over_batch_size'."
+            )
         taken = {*checked.units.names, *checked.params, *checked.learned}
         self.units = {name: _fresh(f"{_identifier(name)}_weight", taken) for name in self.names}
         given = loss.spec.config()["units"]
         units = dict(given) if isinstance(given, Mapping) else {}
         for i, name in enumerate(self.names):
             units[self.units[name]] = {"true": self.width + i}
-        spec = LossSpec.model_validate(
-            {
-                **loss.spec.config(),
-                "expression": str(self._weighed(checked)),
-                "units": units,
-                # The formula passed the sign rule; the weights are labels, not parameters.
-                "allow_negative": True,
-            }
-        )
-        self.weighed = FormulaLoss(
+        try:
+            spec = LossSpec.model_validate(
+                {
+                    **loss.spec.config(),
+                    "expression": str(self._weigh(checked)),
+                    "units": units,
+                    # The formula passed the sign rule; the weights are labels, not parameters.
+                    "allow_negative": True,
+                }
+            )
+        except LossDSLError as e:
+            raise LossInputError(
+                "Weighing each term by its output's sample weights makes a formula beyond "
+                f"lossdsl's limits: {e.message.splitlines()[0]} Pass no sample_weight, or "
+                "write the formula with fewer terms."
+            ) from None
+        weighed = FormulaLoss(
             spec,
             name=loss.name,
             reduction=loss.reduction,
             dtype=loss._dtype_arg,
             param_state=loss._param_state,
         )
-        self.weighed._read_learned(learned)
+        weighed._read_learned(self._learned)
+        return weighed
 
-    def _weighed(self, checked: Any) -> ast.Expr:
+    def _weigh(self, checked: Any) -> ast.Expr:
         """The formula with each term that reads an output multiplied by its weight column."""
         expr = checked.formula.expr
         pairs = expr.terms if isinstance(expr, ast.Sum) else (("+", expr),)
@@ -84,7 +111,7 @@ class OutputWeights:
         for (op, e), outputs in zip(pairs, self.outputs, strict=True):
             if outputs:
                 columns = [ast.Call("true", (ast.Name(self.units[k]),)) for k in sorted(outputs)]
-                weight = functools.reduce(lambda a, b: ast.Call("min", (a, b)), columns)
+                weight = _smallest(columns)
                 if self.example:
                     weight = ast.Call("mean", (weight,))
                 out.append((op, _times(weight, e)))
@@ -95,23 +122,26 @@ class OutputWeights:
     def loss(self, y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
         """The formula's loss on the joined labels and outputs, each term weighed by its
         output's weights."""
+        weighed = self.weighed
         weights = self._by_output(sample_weight)
+        # In float32, as the loss computes, whatever the outputs' dtype (mixed precision).
+        y_true = ops.cast(y_true, "float32")
         like = ops.ones_like(y_true[..., :1])
         columns = [self._column(weights.get(name), like) for name in self.names]
-        return self.weighed(ops.concatenate([y_true, *columns], axis=-1), y_pred)
+        return weighed(ops.concatenate([y_true, *columns], axis=-1), y_pred)
 
-    def term_weights(self, sample_weight: Any) -> list[Any]:
-        """Each top-level term's sample weights, for its metric (``None``: not weighed)."""
-        weights = {
-            k: ops.cast(ops.convert_to_tensor(w), "float32")
-            for k, w in self._by_output(sample_weight).items()
-        }
+    def term_weights(self, y_true: Any, sample_weight: Any) -> list[Any]:
+        """Each top-level term's sample weights for its metric, shaped as the loss reads them:
+        ``(batch, ..., 1)``, or ``(batch,)`` for an example-level formula."""
+        weights = self._by_output(sample_weight)
+        like = ops.ones_like(ops.cast(y_true[..., :1], "float32"))
+        columns = {name: self._column(weights.get(name), like) for name in self.names}
         out = []
         for outputs in self.outputs:
-            given: list[Any] = [weights[k] for k in sorted(outputs) if k in weights]
-            if given and len(given) < len(outputs):
-                given.append(1.0)  # an output without weights weighs 1
-            out.append(functools.reduce(ops.minimum, given) if given else None)
+            w = functools.reduce(ops.minimum, [columns[k] for k in sorted(outputs)])
+            if self.example:
+                w = ops.mean(w, axis=tuple(range(1, len(w.shape))))
+            out.append(w)
         return out
 
     def _by_output(self, sample_weight: Any) -> dict[str, Any]:
@@ -134,7 +164,7 @@ class OutputWeights:
         """One output's weights as a label column shaped like ``like``: (batch, ..., 1)."""
         if weight is None:
             return like
-        w = ops.cast(ops.convert_to_tensor(weight), like.dtype)
+        w = ops.cast(ops.convert_to_tensor(weight), "float32")
         if self.example and not (len(w.shape) == 1 or (len(w.shape) == 2 and w.shape[-1] == 1)):
             raise LossInputError(
                 "This formula gives one value per example, so its sample weights are one per "
@@ -145,6 +175,15 @@ class OutputWeights:
         while len(w.shape) < len(like.shape):
             w = ops.expand_dims(w, -1)
         return w * like
+
+
+def _smallest(columns: Sequence[ast.Expr]) -> ast.Expr:
+    """``min`` of the columns, as a balanced tree (its depth grows with the log of their
+    number)."""
+    if len(columns) == 1:
+        return columns[0]
+    half = len(columns) // 2
+    return ast.Call("min", (_smallest(columns[:half]), _smallest(columns[half:])))
 
 
 def _times(weight: ast.Expr, e: ast.Expr) -> ast.Expr:
