@@ -4,7 +4,6 @@ of the output it reads."""
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,17 +70,18 @@ class OutputWeights:
                 "which weights per output (Keras copies one array to every output) do not "
                 "give. Use the default reduction, 'sum_over_batch_size'."
             )
+        # Output names are unit names, so identifiers already.
         taken = {*checked.units.names, *checked.params, *checked.learned}
-        self.units = {name: _fresh(f"{_identifier(name)}_weight", taken) for name in self.names}
+        columns = {name: _fresh(f"{name}_weight", taken) for name in self.names}
         given = loss.spec.config()["units"]
         units = dict(given) if isinstance(given, Mapping) else {}
         for i, name in enumerate(self.names):
-            units[self.units[name]] = {"true": self.width + i}
+            units[columns[name]] = {"true": self.width + i}
         try:
             spec = LossSpec.model_validate(
                 {
                     **loss.spec.config(),
-                    "expression": str(self._weigh(checked)),
+                    "expression": str(self._weigh(checked, columns)),
                     "units": units,
                     # The formula passed the sign rule; the weights are labels, not parameters.
                     "allow_negative": True,
@@ -103,39 +103,32 @@ class OutputWeights:
         weighed._read_learned(self._learned)
         return weighed
 
-    def _weigh(self, checked: Any) -> ast.Expr:
-        """The formula with each term that reads an output multiplied by its weight column."""
+    def _weigh(self, checked: Any, columns: Mapping[str, str]) -> ast.Expr:
+        """The formula with each term multiplied by the weight columns (unit names in
+        ``columns``, by output) of the outputs it reads."""
         expr = checked.formula.expr
         pairs = expr.terms if isinstance(expr, ast.Sum) else (("+", expr),)
         out = []
         for (op, e), outputs in zip(pairs, self.outputs, strict=True):
-            if outputs:
-                columns = [ast.Call("true", (ast.Name(self.units[k]),)) for k in sorted(outputs)]
-                weight = _smallest(columns)
-                if self.example:
-                    weight = ast.Call("mean", (weight,))
-                out.append((op, _times(weight, e)))
-            else:
-                out.append((op, e))
+            weight = _smallest([ast.Call("true", (ast.Name(columns[k]),)) for k in sorted(outputs)])
+            if self.example:
+                weight = ast.Call("mean", (weight,))
+            out.append((op, _times(weight, e)))
         return ast.Sum(tuple(out)) if len(out) > 1 else out[0][1]
 
     def loss(self, y_true: Any, y_pred: Any, sample_weight: Any) -> Any:
         """The formula's loss on the joined labels and outputs, each term weighed by its
         output's weights."""
         weighed = self.weighed
-        weights = self._by_output(sample_weight)
         # In float32, as the loss computes, whatever the outputs' dtype (mixed precision).
         y_true = ops.cast(y_true, "float32")
-        like = ops.ones_like(y_true[..., :1])
-        columns = [self._column(weights.get(name), like) for name in self.names]
-        return weighed(ops.concatenate([y_true, *columns], axis=-1), y_pred)
+        columns = self._columns(y_true, sample_weight)
+        return weighed(ops.concatenate([y_true, *columns.values()], axis=-1), y_pred)
 
     def term_weights(self, y_true: Any, sample_weight: Any) -> list[Any]:
         """Each top-level term's sample weights for its metric, shaped as the loss reads them:
         ``(batch, ..., 1)``, or ``(batch,)`` for an example-level formula."""
-        weights = self._by_output(sample_weight)
-        like = ops.ones_like(ops.cast(y_true[..., :1], "float32"))
-        columns = {name: self._column(weights.get(name), like) for name in self.names}
+        columns = self._columns(y_true, sample_weight)
         out = []
         for outputs in self.outputs:
             w = functools.reduce(ops.minimum, [columns[k] for k in sorted(outputs)])
@@ -143,6 +136,12 @@ class OutputWeights:
                 w = ops.mean(w, axis=tuple(range(1, len(w.shape))))
             out.append(w)
         return out
+
+    def _columns(self, y_true: Any, sample_weight: Any) -> dict[str, Any]:
+        """Each output's weights as a float32 column ``(batch, ..., 1)``, in output order."""
+        weights = self._by_output(sample_weight)
+        like = ops.ones_like(ops.cast(y_true[..., :1], "float32"))
+        return {name: self._column(weights.get(name), like) for name in self.names}
 
     def _by_output(self, sample_weight: Any) -> dict[str, Any]:
         if isinstance(sample_weight, Mapping):
@@ -213,10 +212,6 @@ def _outputs_read(
                     found |= {k for k, (a, b) in ranges.items() if a < side[1] and side[0] < b}
         stack.extend(node.children())
     return found
-
-
-def _identifier(name: str) -> str:
-    return re.sub(r"\W", "_", name)
 
 
 def _fresh(name: str, taken: set[str]) -> str:

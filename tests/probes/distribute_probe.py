@@ -169,15 +169,9 @@ def train(
 def logged(scope: Callable[[], Any]) -> dict[str, list[float]]:
     """The logs of two epochs with a ``ParamSchedule`` and a learned parameter: a parameter
     is one value, not one per replica, and each replica reads the value set."""
-    keras.utils.set_random_seed(0)
     with scope():
-        inputs = keras.Input((4,))
-        outputs = {
-            "presence": keras.layers.Dense(1, activation="sigmoid", name="presence")(inputs),
-            "loc": keras.layers.Dense(1, name="loc")(inputs),
-        }
         model = lossdsl.FormulaModel(
-            keras.Model(inputs, outputs),
+            _model("outputs"),
             {
                 "expression": "exp(-s)*bce(presence) + s + alpha*mse(loc)",
                 "params": {"alpha": 1.0},
